@@ -1,0 +1,146 @@
+"""Exact curvatures of the MEAN training loss on a curvature set, as matrix-free operators.
+
+Each operator averages per-batch products weighted by batch size, so the result is the curvature
+of (1/n) Σ ℓ_i whatever the batch size. Blocks of vectors are pushed through `vmap`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp, vmap
+
+from ..errors import InputError
+from ..grads import ModelFunction
+from ..inputs import Examples
+from ..task import batch_size_of
+from .operator import LinearOperator
+
+VMAP_CHUNK = 64
+
+
+class _BatchedCurvature(LinearOperator):
+    """Shared machinery: batches of the curvature set, weights n_b / n, vmapped matmat."""
+
+    kind = "base"
+
+    def __init__(self, fn: ModelFunction, examples: Examples, batch_size: int = 512):
+        p0 = next(iter(fn.params.values()))
+        super().__init__(fn.space.numel, p0.dtype, p0.device)
+        if len(examples) == 0:
+            raise InputError("the curvature set is empty; pass training data (or a larger sampler budget)")
+        self.fn, self.examples = fn, examples
+        self.batches = [b for _, b in examples.batches(batch_size)]
+        self.n = len(examples)
+
+    def _batch_product(self, batch, v: dict[str, Tensor], state) -> dict[str, Tensor]:
+        """Mean-over-batch curvature times one vector v (a parameter dict)."""
+        raise NotImplementedError
+
+    def _batch_state(self, i: int, batch):
+        return None
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        out = torch.zeros_like(V)
+        space = self.fn.space
+        for i, batch in enumerate(self.batches):
+            w = batch_size_of(batch) / self.n
+            state = self._batch_state(i, batch)
+            prod = vmap(lambda v: space.flatten(self._batch_product(batch, space.unflatten(v), state)),
+                        chunk_size=VMAP_CHUNK)
+            out += w * prod(V.T).T
+        return out
+
+    def describe(self) -> dict:
+        return {"curvature": self.kind, "n": self.n, "size": self.size}
+
+
+class Hessian(_BatchedCurvature):
+    """Exact Hessian of the mean training loss (forward-over-reverse HVPs)."""
+
+    kind = "hessian"
+
+    def _batch_product(self, batch, v, state):
+        return self.fn.hvp(batch, v)
+
+
+class GGN(_BatchedCurvature):
+    """Generalised Gauss-Newton Jᵀ H_out J of the mean loss; needs the task's output Hessian."""
+
+    kind = "ggn"
+
+    def __init__(self, fn: ModelFunction, examples: Examples, batch_size: int = 512):
+        if fn.task.output_hessian_sqrt is None:
+            raise InputError("curvature='ggn' needs a task with an output Hessian (Task.classification() or "
+                             "Task.regression()); use curvature='hessian' or 'empirical_fisher' for a custom task")
+        super().__init__(fn, examples, batch_size)
+        self._sqrt: dict[int, Tensor] = {}
+
+    def _batch_state(self, i, batch):
+        if i not in self._sqrt:
+            with torch.no_grad():
+                out = self.fn.outputs(self.fn.params, batch)
+                self._sqrt[i] = self.fn.task.output_hessian_sqrt(out, batch)  # [B, C, R]
+        return self._sqrt[i]
+
+    def _batch_product(self, batch, v, L):
+        f = lambda p: self.fn.outputs(p, batch)
+        out, jv = jvp(f, (self.fn.params,), (v,))
+        B = out.shape[0]
+        jv = jv.reshape(B, -1)
+        hjv = torch.einsum("bcr,bdr,bd->bc", L, L, jv)
+        _, pull = vjp(f, self.fn.params)
+        return {k: t / B for k, t in pull(hjv.reshape(out.shape))[0].items()}
+
+
+class _OuterProductCurvature(_BatchedCurvature):
+    """(1/n) Σ_i u_i u_iᵀ where u_i = Jᵀ r_i for a per-example output-space vector r_i."""
+
+    def _residuals(self, i: int, batch) -> Tensor:
+        raise NotImplementedError
+
+    def _batch_state(self, i, batch):
+        if i not in self._cache:
+            self._cache[i] = self._residuals(i, batch)
+        return self._cache[i]
+
+    def _batch_product(self, batch, v, R):
+        f = lambda p: self.fn.outputs(p, batch)
+        out, jv = jvp(f, (self.fn.params,), (v,))
+        B = out.shape[0]
+        # R: [S, B, C] (S label samples); s = r·(J v) per sample and example
+        s = (R * jv.reshape(1, B, -1)).sum(-1)
+        _, pull = vjp(f, self.fn.params)
+        w = (R * s[..., None]).sum(0) / R.shape[0]
+        return {k: t / B for k, t in pull(w.reshape(out.shape))[0].items()}
+
+
+class Fisher(_OuterProductCurvature):
+    """True Fisher: labels sampled from the model (seeded), `n_samples` draws per example."""
+
+    kind = "fisher"
+
+    def __init__(self, fn: ModelFunction, examples: Examples, batch_size: int = 512,
+                 seed: int = 0, n_samples: int = 1):
+        if fn.task.sampled_output_grad is None:
+            raise InputError("curvature='fisher' needs a task that can sample labels (Task.classification() or "
+                             "Task.regression()); use curvature='empirical_fisher' for a custom task")
+        super().__init__(fn, examples, batch_size)
+        self.seed, self.n_samples, self._cache = seed, n_samples, {}
+
+    def _residuals(self, i, batch):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + i)
+        with torch.no_grad():
+            out = self.fn.outputs(self.fn.params, batch)
+            return torch.stack([self.fn.task.sampled_output_grad(out, batch, g).reshape(out.shape[0], -1)
+                                for _ in range(self.n_samples)])
+
+
+class EmpiricalFisher(_BatchedCurvature):
+    """Empirical Fisher (1/n) Σ g_i g_iᵀ with the true labels; works for any task."""
+
+    kind = "empirical_fisher"
+
+    def _batch_product(self, batch, v, state):
+        B = batch_size_of(batch)
+        s = self.fn.loss_jvp(batch, v)
+        return {k: t / B for k, t in self.fn.loss_vjp(batch, s).items()}

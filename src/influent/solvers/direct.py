@@ -1,0 +1,65 @@
+"""Direct solve: a dense float64 factorisation of H + λI (Cholesky; eigh when indefinite)."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..errors import NumericalError
+from .base import Solver
+
+
+class Direct(Solver):
+    """Factor H + λI once in float64. Structured curvatures (K-FAC) use their own exact inverse."""
+
+    name = "direct"
+
+    def _fit(self, curvature, damping):
+        self._structured = getattr(curvature, "inverse", None)
+        if self._structured is not None:
+            self._inv = curvature.inverse(damping)
+            self.info_["method"] = "structured"
+            return
+        H = curvature.dense(dtype=torch.float64)
+        A = H + damping * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) == 0:
+            self._chol, self._eig = L, None
+            self.info_["method"] = "cholesky"
+            return
+        evals, evecs = torch.linalg.eigh(A)
+        lo = float(evals.min())
+        fix = damping - lo + 1e-6 * max(1.0, float(evals.abs().max()))
+        if float(evals.abs().min()) <= 1e-12 * max(1.0, float(evals.abs().max())):
+            raise NumericalError(f"H + λI is singular (smallest |eigenvalue| {float(evals.abs().min()):.2e}); "
+                                 f"raise the damping to at least {fix:.3g}")
+        warnings.warn(f"H + λI is not positive definite (smallest eigenvalue {lo:.3e}); using the indefinite "
+                      f"inverse. damping >= {fix:.3g} would make it positive definite.", stacklevel=3)
+        self._chol, self._eig = None, (evals, evecs)
+        self.info_.update(method="eigh", min_eigenvalue=lo, suggested_damping=fix)
+
+    def _solve(self, B: Tensor) -> Tensor:
+        if self._structured is not None:
+            return self._inv(B)
+        B64 = B.to(torch.float64)
+        if self._chol is not None:
+            X = torch.cholesky_solve(B64, self._chol)
+        else:
+            evals, evecs = self._eig
+            X = evecs @ ((evecs.T @ B64) / evals[:, None])
+        return X.to(B.dtype)
+
+    def state_dict(self):
+        if self._structured is not None:
+            return {}
+        return {"chol": self._chol} if self._chol is not None else {"evals": self._eig[0], "evecs": self._eig[1]}
+
+    def load_state_dict(self, state, curvature, damping):
+        if not state:
+            return self.fit(curvature, damping)
+        self.curvature_, self.damping_, self._structured = curvature, damping, None
+        self._chol = state.get("chol")
+        self._eig = None if self._chol is not None else (state["evals"], state["evecs"])
+        self._fitted = True
+        return self
