@@ -7,6 +7,7 @@ from . import curvature, solvers
 from .errors import (ConfigMismatchError, DatasetNotAvailable, InfluentError, InputError, NotFittedError,
                      NumericalError, UnsupportedLayerError)
 from .params import ParamSpace, select_params
+from .scores import Scores
 from .task import Task
 
 __all__ = [
@@ -21,9 +22,5 @@ __all__ = [
     "curvature", "solvers",
 ]
 
-
-def __getattr__(name: str):
-    if name in ("Attributor", "Scores"):
-        from . import scoring
-        return getattr(scoring, name)
-    raise AttributeError(name)
+from .attributor import Attributor  # noqa: E402  (needs __version__ above)
+from . import sampling  # noqa: E402

@@ -108,7 +108,8 @@ class SumOperator(LinearOperator):
         super().__init__(parts[0].size, parts[0].dtype, parts[0].device)
         if any(p.size != self.size for p in parts):
             raise InputError("cannot add operators of different sizes")
-        self.parts = parts
+        # flatten nested sums so that split_damping sees every λ·I term
+        self.parts = [q for p in parts for q in (p.parts if isinstance(p, SumOperator) else [p])]
 
     def _matmat(self, V: Tensor) -> Tensor:
         return sum(p.matmat(V) for p in self.parts)  # type: ignore[return-value]

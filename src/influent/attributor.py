@@ -1,0 +1,208 @@
+"""Attributor: the estimator that wires task, parameters, curvature, solver and scoring."""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .curvature import CURVATURES, make_curvature
+from .errors import ConfigMismatchError, InputError, NotFittedError
+from .grads import ModelFunction, check_batch, eval_mode
+from .inputs import Examples, as_examples
+from .params import check_finite_params, select_params
+from .progress import stage
+from .sampling import make_sampler
+from .scores import Scores
+from .scoring import all_gradients, block_rows, gradient_blocks, precondition, score_matrix, score_top_k, self_scores
+from .solvers import SOLVERS, make_solver
+from .task import Task
+
+CACHE_BYTES = 2**30  # keep training gradients in memory up to this size, else recompute per call
+
+
+class Attributor:
+    """Influence of training examples on queries: score[q, i] = g_qᵀ (H + λI)⁻¹ g_i, positive = helpful.
+
+    Example:
+        >>> attr = Attributor(model, Task.classification(), damping=1e-3).fit((X, y))
+        >>> attr.score((Xq, yq)).top_k(5)
+    """
+
+    def __init__(self, model: nn.Module, task: Task, *, params: Any = "all", curvature: Any = "hessian",
+                 solver: Any = "direct", damping: float = 1e-3, compress: Any = None, sampler: Any = None,
+                 batch_size: int = 256, dtype: torch.dtype | None = None, device: Any = None, seed: int = 0,
+                 progress: bool = False, cache_bytes: int = CACHE_BYTES):
+        self.model, self.task, self.params, self.curvature, self.solver = model, task, params, curvature, solver
+        self.damping, self.compress, self.sampler, self.batch_size = damping, compress, sampler, batch_size
+        self.dtype, self.device, self.seed, self.progress, self.cache_bytes = dtype, device, seed, progress, cache_bytes
+
+    # ----- configuration checks (cheap, before any long work) ------------------------------
+    def _validate(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
+        if not isinstance(self.task, Task):
+            raise InputError("task must be an influent.Task, e.g. Task.classification()")
+        if not isinstance(self.damping, (int, float)) or not self.damping >= 0:
+            raise InputError(f"damping must be a number >= 0, got {self.damping!r}; use e.g. the weight decay")
+        if isinstance(self.curvature, str) and self.curvature not in CURVATURES:
+            raise InputError(f"unknown curvature {self.curvature!r}; choose one of {', '.join(CURVATURES)}")
+        if isinstance(self.solver, str) and self.solver not in SOLVERS:
+            raise InputError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.compress is not None:
+            raise InputError("gradient compression is not available in this version of influent; pass compress=None")
+
+    def _examples(self, data: Any, ids: Sequence | None, name: str) -> Examples:
+        p0 = next(self.model.parameters())
+        return as_examples(data, ids, name).to(self.device or p0.device, self.dtype or p0.dtype)
+
+    # ----- fit ------------------------------------------------------------------------------
+    def fit(self, train: Any, ids: Sequence | None = None) -> "Attributor":
+        """Validate, build the curvature on the (sampled) training set, fit the solver, cache gradients."""
+        self._validate()
+        t0 = time.perf_counter()
+        self.timings_: dict[str, float] = {}
+        examples = self._examples(train, ids, "train")
+        self.space_ = select_params(self.model, self.params)
+        check_finite_params(self.model, self.space_)
+        with eval_mode(self.model):
+            self.fn_ = ModelFunction(self.model, self.task, self.space_)
+            check_batch(self.fn_, examples.data, "train")
+            sampler = make_sampler(self.sampler)
+            positions = list(range(len(examples))) if sampler is None else sampler.select(examples, self.fn_, self.seed)
+            self.curvature_ids_ = [examples.ids[i] for i in positions]
+            curv_set = examples if sampler is None else examples.subset(positions)
+            with stage("curvature", self.progress):
+                self.curvature_ = make_curvature(self.curvature, self.fn_, curv_set,
+                                                 batch_size=max(self.batch_size, 512), seed=self.seed)
+            self.timings_["curvature"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            curv_name = self.curvature if isinstance(self.curvature, str) else type(self.curvature).__name__
+            self.solver_ = make_solver(self.solver, curvature_name=curv_name, size=self.space_.numel, seed=self.seed)
+            with stage(f"{self.solver_.name} fit", self.progress):
+                self.solver_.fit(self.curvature_, self.damping)
+            self.timings_["solver_fit"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            self.train_examples_ = examples
+            self.train_ids_ = list(examples.ids)
+            self.n_train_ = len(examples)
+            itemsize = torch.finfo(self._compute_dtype).bits // 8
+            self.train_grads_ = None
+            if self.n_train_ * self.space_.numel * itemsize <= self.cache_bytes:
+                self.train_grads_ = all_gradients(self.fn_, examples, self._rows(), progress=self.progress,
+                                                  label="training gradients")
+            self.timings_["train_gradients"] = time.perf_counter() - t2
+        self.timings_["fit_total"] = time.perf_counter() - t0
+        return self
+
+    @property
+    def _compute_dtype(self) -> torch.dtype:
+        return self.dtype or next(self.model.parameters()).dtype
+
+    def _rows(self) -> int:
+        itemsize = torch.finfo(self._compute_dtype).bits // 8
+        return block_rows(self.space_.numel, itemsize, self.batch_size)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "solver_"):
+            raise NotFittedError("call attr.fit(train) before scoring")
+
+    def _train_blocks(self):
+        if self.train_grads_ is not None:
+            rows = self._rows()
+            return ((o, self.train_grads_[o: o + rows]) for o in range(0, self.n_train_, rows))
+        return gradient_blocks(self.fn_, self.train_examples_, self._rows(), progress=self.progress,
+                               label="training gradients")
+
+    def _preconditioned_queries(self, query: Any, ids: Sequence | None) -> tuple[Tensor, list]:
+        self._check_fitted()
+        examples = self._examples(query, ids, "query")
+        with eval_mode(self.model):
+            check_batch(self.fn_, examples.data, "query")
+            Q = all_gradients(self.fn_, examples, self._rows(), query=True, label="query gradients")
+            return precondition(self.solver_, Q), list(examples.ids)
+
+    def _meta(self) -> dict:
+        return {"curvature": self.curvature_.describe() if hasattr(self.curvature_, "describe") else {},
+                "solver": self.solver_.describe(), "damping": float(self.damping), "task": self.task.describe(),
+                "n_params": self.space_.numel}
+
+    # ----- scoring --------------------------------------------------------------------------
+    def score(self, query: Any, ids: Sequence | None = None) -> Scores:
+        """The full (n_query, n_train) influence matrix with ids."""
+        PQ, qids = self._preconditioned_queries(query, ids)
+        with eval_mode(self.model):
+            values = score_matrix(PQ, self._train_blocks(), self.n_train_)
+        return Scores(values, qids, list(self.train_ids_), self._meta())
+
+    def top_k(self, query: Any, k: int, ids: Sequence | None = None, largest: bool = True) -> tuple[Tensor, Tensor]:
+        """(values, indices) of the k largest scores per query, streamed over training blocks."""
+        if not isinstance(k, int) or k <= 0:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        PQ, _ = self._preconditioned_queries(query, ids)
+        with eval_mode(self.model):
+            return score_top_k(PQ, self._train_blocks(), min(k, self.n_train_), largest)
+
+    def self_influence(self) -> Tensor:
+        """(n_train,) g_iᵀ (H + λI)⁻¹ g_i; large values flag unusual or mislabelled examples."""
+        self._check_fitted()
+        with eval_mode(self.model):
+            return self_scores(self.solver_, self._train_blocks(), self.n_train_)
+
+    # ----- persistence ----------------------------------------------------------------------
+    def _config(self) -> dict:
+        def name(x: Any) -> Any:
+            return x if isinstance(x, (str, int, float, type(None))) else repr(x)
+        return {"params": name(self.params) if not isinstance(self.params, (list, tuple)) else list(self.params),
+                "curvature": name(self.curvature), "solver": self.solver_.config(), "damping": float(self.damping),
+                "batch_size": self.batch_size, "seed": self.seed, "task": self.task.describe()}
+
+    def save(self, path: str | Path) -> None:
+        """Save the fitted state (config, model fingerprint, gradients, solver state) to one file."""
+        self._check_fitted()
+        state = {"influent": __version__, "config": self._config(), "fingerprint": model_fingerprint(self.model, self.space_),
+                 "space": list(self.space_.names), "train": self.train_examples_, "curvature_ids": self.curvature_ids_,
+                 "train_grads": self.train_grads_, "solver": self.solver_.state_dict(), "solver_object": self.solver}
+        torch.save(state, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module, task: Task, **overrides: Any) -> "Attributor":
+        """Restore a saved attributor for `model`; refuses a model whose weights differ."""
+        state = torch.load(Path(path), weights_only=False)
+        cfg = state["config"]
+        attr = cls(model, task, params=state["space"], curvature=cfg["curvature"], solver=state["solver_object"],
+                   damping=cfg["damping"], batch_size=cfg["batch_size"], seed=cfg["seed"], **overrides)
+        attr.space_ = select_params(model, list(state["space"]))
+        if model_fingerprint(model, attr.space_) != state["fingerprint"]:
+            raise ConfigMismatchError(f"{path} was saved for a model with different weights or parameters; "
+                                      "load it with the model it was fitted on, or refit")
+        with eval_mode(model):
+            attr.fn_ = ModelFunction(model, task, attr.space_)
+            examples: Examples = state["train"]
+            pos = {i: j for j, i in enumerate(examples.ids)}
+            curv_set = examples.subset([pos[i] for i in state["curvature_ids"]])
+            attr.curvature_ = make_curvature(cfg["curvature"], attr.fn_, curv_set,
+                                             batch_size=max(attr.batch_size, 512), seed=attr.seed)
+            attr.solver_ = make_solver(state["solver_object"], curvature_name=str(cfg["curvature"]),
+                                       size=attr.space_.numel, seed=attr.seed)
+            attr.solver_.load_state_dict(state["solver"], attr.curvature_, attr.damping)
+        attr.train_examples_, attr.train_ids_, attr.n_train_ = examples, list(examples.ids), len(examples)
+        attr.curvature_ids_, attr.train_grads_, attr.timings_ = state["curvature_ids"], state["train_grads"], {}
+        return attr
+
+
+def model_fingerprint(model: nn.Module, space) -> str:
+    """sha256 over the selected parameters' names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    table = dict(model.named_parameters())
+    for name in space.names:
+        t = table[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

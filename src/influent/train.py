@@ -1,0 +1,47 @@
+"""Train small models to a strict optimum of the mean loss + (wd/2)‖θ‖², as influence theory assumes."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .task import Task
+
+
+def objective(model: nn.Module, task: Task, data: tuple, weight_decay: float) -> Tensor:
+    """Mean training loss plus (wd/2)‖θ‖² over trainable parameters."""
+    loss = task.train_loss(model, data).mean()
+    if weight_decay:
+        loss = loss + 0.5 * weight_decay * sum((p ** 2).sum() for p in model.parameters() if p.requires_grad)
+    return loss
+
+
+def fit_lbfgs(model: nn.Module, task: Task, data: tuple, weight_decay: float = 1e-3, max_iter: int = 2000,
+              tol: float = 1e-9) -> float:
+    """Full-batch L-BFGS until the gradient norm is below `tol`; returns the final gradient norm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=0,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = objective(model, task, data, weight_decay)
+        loss.backward()
+        return loss
+
+    model.eval()
+    opt.step(closure)
+    opt.zero_grad()
+    g = torch.autograd.grad(objective(model, task, data, weight_decay), params)
+    return float(torch.sqrt(sum((x ** 2).sum() for x in g)))
+
+
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh, seed: int = 0,
+        dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    """A seeded MLP, e.g. mlp([64, 32, 10]) (the digits model of the benchmarks)."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers).to(dtype)
