@@ -1,0 +1,4 @@
+"""The `influent` command line (typer + rich)."""
+from .main import app
+
+__all__ = ["app"]
