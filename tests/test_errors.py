@@ -71,5 +71,7 @@ def test_train_mode_warns_and_is_evaluated_in_eval_mode():
 def test_indefinite_curvature_warns_with_the_damping_that_fixes_it():
     model = seeded(lambda: nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 3)))  # untrained
     with pytest.warns(UserWarning, match="damping >="):
-        attr = inf.Attributor(model, inf.Task.classification(), damping=0.0).fit((X, Y))
-    assert attr.solver_.info_["suggested_damping"] > 0
+        attr = inf.Attributor(model, inf.Task.classification(), damping=0.05).fit((X, Y))
+    assert attr.solver_.info_["suggested_damping"] > 0.05
+    with pytest.raises(inf.NumericalError, match="singular.*raise the damping"):
+        inf.Attributor(model, inf.Task.classification(), damping=0.0).fit((X, Y))
