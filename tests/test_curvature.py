@@ -70,3 +70,12 @@ def test_operator_algebra_and_damping_split():
     torch.testing.assert_close((2 * op) @ V, 2 * (A @ A.T) @ V)
     base, lam = split_damping(op + 0.25 + 0.5)
     assert base is op and lam == 0.75
+
+
+@pytest.mark.parametrize("kind", [EmpiricalFisher, Fisher])
+def test_fast_dense_equals_matrix_free_products(kind):
+    from influent.curvature.operator import LinearOperator
+
+    model, space, batch, fn = _setup(CASES[0])
+    op = kind(fn, as_examples(batch), 5)
+    torch.testing.assert_close(op.dense(), LinearOperator.dense(op), rtol=1e-10, atol=1e-12)

@@ -127,6 +127,27 @@ class Fisher(_OuterProductCurvature):
         super().__init__(fn, examples, batch_size)
         self.seed, self.n_samples, self._cache = seed, n_samples, {}
 
+    def dense(self, chunk: int = 256, dtype: torch.dtype | None = None) -> Tensor:
+        """Σ_s G̃_sᵀ G̃_s / (n·S) from per-example gradients at the sampled labels."""
+        self._check_dense_size()
+        out = torch.zeros(self.size, self.size, dtype=dtype or self.dtype, device=self.device)
+        for i, batch in enumerate(self.batches):
+            for r in self._batch_state(i, batch):
+                G = self._pseudo_grads(batch, r).to(out.dtype)
+                out += G.T @ G
+        return out / (self.n * self.n_samples)
+
+    def _pseudo_grads(self, batch, r: Tensor) -> Tensor:
+        """Per-example Jᵀ r_i: the gradient the loss would have at the sampled label, [B, P]."""
+        from torch.func import grad, vmap
+        from ..grads import _unsqueeze
+
+        def one(p, example, ri):
+            out = self.fn.outputs(p, _unsqueeze(example))
+            return (out.reshape(-1) * ri).sum()
+        g = vmap(grad(one), in_dims=(None, 0, 0))(self.fn.params, batch, r)
+        return self.fn.space.flatten(g, batch_dims=1)
+
     def _residuals(self, i, batch):
         g = torch.Generator().manual_seed(self.seed * 100_003 + i)
         with torch.no_grad():
@@ -139,6 +160,15 @@ class EmpiricalFisher(_BatchedCurvature):
     """Empirical Fisher (1/n) Σ g_i g_iᵀ with the true labels; works for any task."""
 
     kind = "empirical_fisher"
+
+    def dense(self, chunk: int = 256, dtype: torch.dtype | None = None) -> Tensor:
+        """Gᵀ G / n from per-example gradients: n·P² work instead of P matrix-vector products."""
+        self._check_dense_size()
+        out = torch.zeros(self.size, self.size, dtype=dtype or self.dtype, device=self.device)
+        for batch in self.batches:
+            G = self.fn.per_example_grads(batch).to(out.dtype)
+            out += G.T @ G
+        return out / self.n
 
     def _batch_product(self, batch, v, state):
         B = batch_size_of(batch)

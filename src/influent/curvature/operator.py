@@ -52,12 +52,15 @@ class LinearOperator:
 
     __rmul__ = __mul__
 
-    def dense(self, chunk: int = 256, dtype: torch.dtype | None = None) -> Tensor:
-        """The full matrix, built column block by column block and symmetrised."""
+    def _check_dense_size(self) -> None:
         if self.size > MAX_DENSE:
             gb = self.size ** 2 * 8 / 1e9
             raise InputError(f"a dense {self.size}×{self.size} curvature would need {gb:.1f} GB; use "
                              "solver='cg', 'lissa' or 'arnoldi', curvature='ekfac', or compress the gradients")
+
+    def dense(self, chunk: int = 256, dtype: torch.dtype | None = None) -> Tensor:
+        """The full matrix, built column block by column block and symmetrised."""
+        self._check_dense_size()
         out = torch.empty(self.size, self.size, dtype=dtype or self.dtype, device=self.device)
         eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
         for start in range(0, self.size, chunk):
