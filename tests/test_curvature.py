@@ -79,3 +79,10 @@ def test_fast_dense_equals_matrix_free_products(kind):
     model, space, batch, fn = _setup(CASES[0])
     op = kind(fn, as_examples(batch), 5)
     torch.testing.assert_close(op.dense(), LinearOperator.dense(op), rtol=1e-10, atol=1e-12)
+
+
+def test_true_fisher_does_not_depend_on_the_batch_size():
+    model, space, batch, fn = _setup(CASES[0])
+    ex = as_examples(batch)
+    torch.testing.assert_close(Fisher(fn, ex, 3, seed=5).dense(), Fisher(fn, ex, 64, seed=5).dense(),
+                               rtol=1e-12, atol=1e-14)

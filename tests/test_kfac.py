@@ -348,3 +348,21 @@ def test_factory_and_direct_solver_use_the_structured_inverse(name):
     want = torch.linalg.solve(op.dense() + 0.05 * torch.eye(op.size, dtype=D64), B)
     assert solver.info_["method"] == "structured"
     assert torch.allclose(solver.solve(B), want, atol=1e-10)
+
+
+def test_sampled_kfac_does_not_depend_on_the_batch_size():
+    import torch
+    from torch import nn
+
+    from influent import Task
+    from influent.curvature.kfac import KFAC
+    from influent.grads import ModelFunction
+    from influent.inputs import as_examples
+    from influent.params import select_params
+    from influent.testing.problems import blobs, seeded
+
+    model = seeded(lambda: nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)))
+    fn = ModelFunction(model, Task.classification(), select_params(model))
+    ex = as_examples(blobs(13, 5, 3))
+    a, b = (KFAC(fn, ex, batch_size=bs, seed=3, eigen_corrected=True, fisher="sampled").dense() for bs in (4, 64))
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

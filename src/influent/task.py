@@ -67,10 +67,21 @@ def _ce_hessian_sqrt(outputs: Tensor, batch: Batch) -> Tensor:
     return torch.diag_embed(sp) - p[:, :, None] * sp[:, None, :]
 
 
-def _ce_sampled_grad(outputs: Tensor, batch: Batch, generator: torch.Generator) -> Tensor:
-    """d loss / d logits at a label drawn from the model: p − e_ỹ (true Fisher), [B, C]."""
+def example_uniforms(seed: int, start: int, stop: int, width: int) -> Tensor:
+    """Uniforms in [0, 1) for examples start..stop-1, [B, width], float64.
+
+    Drawn per example position from one seeded stream, so a label sampled for example j is the
+    same whatever the batch size (DESIGN.md: bit-identical results across batch sizes).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.rand(stop, width, generator=g, dtype=torch.float64)[start:stop]
+
+
+def _ce_sampled_grad(outputs: Tensor, batch: Batch, uniforms: Tensor) -> Tensor:
+    """d loss / d logits at a label drawn from the model (inverse CDF of u): p − e_ỹ, [B, C]."""
     p = torch.softmax(outputs.detach(), dim=-1)
-    y = torch.multinomial(p.cpu().double(), 1, generator=generator).squeeze(1).to(p.device)
+    cdf = p.double().cumsum(-1).cpu()
+    y = (cdf < uniforms[:, :1]).sum(-1).clamp(max=p.shape[-1] - 1).to(p.device)
     return p - F.one_hot(y, p.shape[-1]).to(p.dtype)
 
 
@@ -84,9 +95,12 @@ def _sq_hessian_sqrt(outputs: Tensor, batch: Batch) -> Tensor:
     return torch.eye(C, dtype=outputs.dtype, device=outputs.device).expand(B, C, C)
 
 
-def _sq_sampled_grad(outputs: Tensor, batch: Batch, generator: torch.Generator) -> Tensor:
-    noise = torch.randn(outputs.shape, generator=generator, dtype=torch.float64)
-    return noise.to(outputs.dtype).to(outputs.device).reshape(outputs.shape[0], -1)
+def _sq_sampled_grad(outputs: Tensor, batch: Batch, uniforms: Tensor) -> Tensor:
+    """Gaussian noise ε ~ N(0, I) from uniforms (the squared loss's output gradient at y ~ model)."""
+    C = outputs[0].numel()
+    u = uniforms[:, :C].clamp(1e-12, 1 - 1e-12)
+    noise = 2 ** 0.5 * torch.erfinv(2 * u - 1)
+    return noise.to(outputs.dtype).to(outputs.device)
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ class Task:
     higher_is_better: bool = False
     forward: Callable[[Callable, Batch], Tensor] = _default_forward
     output_hessian_sqrt: Callable[[Tensor, Batch], Tensor] | None = None
-    sampled_output_grad: Callable[[Tensor, Batch, torch.Generator], Tensor] | None = None
+    sampled_output_grad: Callable[[Tensor, Batch, Tensor], Tensor] | None = None  # (outputs, batch, uniforms [B, C])
     name: str = "custom"
     options: dict = field(default_factory=dict)
 

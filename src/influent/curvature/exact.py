@@ -12,7 +12,7 @@ from torch.func import jvp, vjp, vmap
 from ..errors import InputError
 from ..grads import ModelFunction
 from ..inputs import Examples
-from ..task import batch_size_of
+from ..task import batch_size_of, example_uniforms
 from .operator import LinearOperator
 
 VMAP_CHUNK = 64
@@ -149,11 +149,13 @@ class Fisher(_OuterProductCurvature):
         return self.fn.space.flatten(g, batch_dims=1)
 
     def _residuals(self, i, batch):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + i)
+        start = sum(batch_size_of(b) for b in self.batches[:i])
         with torch.no_grad():
             out = self.fn.outputs(self.fn.params, batch)
-            return torch.stack([self.fn.task.sampled_output_grad(out, batch, g).reshape(out.shape[0], -1)
-                                for _ in range(self.n_samples)])
+            B, C = out.shape[0], out[0].numel()
+            return torch.stack([
+                self.fn.task.sampled_output_grad(out, batch, example_uniforms(self.seed * 1009 + s, start, start + B, C))
+                .reshape(B, -1) for s in range(self.n_samples)])
 
 
 class EmpiricalFisher(_BatchedCurvature):

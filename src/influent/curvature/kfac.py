@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..errors import InputError, NumericalError, UnsupportedLayerError
 from ..grads import ModelFunction, eval_mode
 from ..inputs import Examples
-from ..task import batch_size_of
+from ..task import batch_size_of, example_uniforms
 from .operator import LinearOperator
 
 FISHER_TYPES = ("ggn", "sampled", "empirical")
@@ -176,8 +176,9 @@ class KFAC(LinearOperator):
                         L = task.output_hessian_sqrt(root.detach(), batch)
                         pseudo = [L[..., r].reshape(root.shape) for r in range(L.shape[-1])]
                     else:
-                        g = torch.Generator().manual_seed(self.seed * 100_003 + i)
-                        pseudo = [task.sampled_output_grad(root.detach(), batch, g).reshape(root.shape)]
+                        start = i * self.batch_size  # batches are contiguous slices
+                        u = example_uniforms(self.seed * 1009, start, start + B, root[0].numel())
+                        pseudo = [task.sampled_output_grad(root.detach(), batch, u).reshape(root.shape)]
         finally:
             for h in hooks:
                 h.remove()
