@@ -18,8 +18,12 @@ from .params import check_finite_params, select_params
 from .progress import stage
 from .sampling import make_sampler
 from .scores import Scores
+from .factors import (NotFactorable, eigen_query_matrices, eigen_self_influence, factor_batch, factor_blocks,
+                      flatten_factors, layer_matrices, plan_factors, rotate, score_with_matrices, self_similarity,
+                      similarity)
 from .scoring import all_gradients, block_rows, gradient_blocks, precondition, score_matrix, score_top_k, self_scores
-from .solvers import SOLVERS, make_solver
+from .solvers import SOLVERS, Direct, make_solver
+from .solvers.base import Identity as IdentitySolver
 from .task import Task
 
 CACHE_BYTES = 2**30  # keep training gradients in memory up to this size, else recompute per call
@@ -94,6 +98,7 @@ class Attributor:
             self.n_train_ = len(examples)
             itemsize = torch.finfo(self._compute_dtype).bits // 8
             self.train_grads_ = None
+            self.factor_layers_ = plan_factors(self.model, self.space_)
             if self.n_train_ * self.space_.numel * itemsize <= self.cache_bytes:
                 self.train_grads_ = all_gradients(self.fn_, examples, self._rows(), progress=self.progress,
                                                   label="training gradients")
@@ -113,6 +118,10 @@ class Attributor:
         if not hasattr(self, "solver_"):
             raise NotFittedError("call attr.fit(train) before scoring")
 
+    def _factored(self) -> bool:
+        """Score from Linear-layer factors: when the model fits and gradients are not cached."""
+        return self.train_grads_ is None and getattr(self, "factor_layers_", None) is not None
+
     def _train_blocks(self):
         if self.train_grads_ is not None:
             rows = self._rows()
@@ -120,13 +129,45 @@ class Attributor:
         return gradient_blocks(self.fn_, self.train_examples_, self._rows(), progress=self.progress,
                                label="training gradients")
 
-    def _preconditioned_queries(self, query: Any, ids: Sequence | None) -> tuple[Tensor, list]:
+    def _eigenbasis(self):
+        """Per-layer (Q_S, Q_A, 1/(Λ+λ)) when a K-FAC curvature is inverted exactly, else None."""
+        if not (isinstance(self.solver_, Direct) and hasattr(self.curvature_, "eigenbasis")):
+            return None
+        bases = self.curvature_.eigenbasis(self.damping, self._compute_dtype)
+        return [bases[l.name] for l in self.factor_layers_]
+
+    def _block_scorer(self, query: Any, ids: Sequence | None):
+        """(score_block, blocks, query ids): score_block maps one training block to [n_query, b]."""
         self._check_fitted()
         examples = self._examples(query, ids, "query")
+        qids = list(examples.ids)
         with eval_mode(self.model):
             check_batch(self.fn_, examples.data, "query")
+            if self._factored():
+                try:
+                    return self._factored_scorer(examples) + (qids,)
+                except NotFactorable:
+                    self.factor_layers_ = None
             Q = all_gradients(self.fn_, examples, self._rows(), query=True, label="query gradients")
-            return precondition(self.solver_, Q), list(examples.ids)
+            PQ = precondition(self.solver_, Q)
+        return (lambda G: PQ @ G.T), self._train_blocks(), qids
+
+    def _factored_scorer(self, examples: Examples):
+        layers = self.factor_layers_
+        qf = factor_batch(self.fn_, layers, examples.data, query=True)
+        blocks = factor_blocks(self.fn_, layers, self.train_examples_, self._factor_rows(), progress=self.progress)
+        if isinstance(self.solver_, IdentitySolver):
+            return (lambda f: similarity(qf, f)), blocks
+        bases = self._eigenbasis()
+        if bases is not None:
+            mats = eigen_query_matrices(qf, bases)
+            return (lambda f: score_with_matrices(mats, rotate(f, bases))), blocks
+        PQ = precondition(self.solver_, flatten_factors(layers, self.space_, qf))
+        mats = layer_matrices(layers, self.space_, PQ)
+        return (lambda f: score_with_matrices(mats, f)), blocks
+
+    def _factor_rows(self) -> int:
+        return max(1, min(self.batch_size, 128))
 
     def _meta(self) -> dict:
         return {"curvature": self.curvature_.describe() if hasattr(self.curvature_, "describe") else {},
@@ -136,23 +177,31 @@ class Attributor:
     # ----- scoring --------------------------------------------------------------------------
     def score(self, query: Any, ids: Sequence | None = None) -> Scores:
         """The full (n_query, n_train) influence matrix with ids."""
-        PQ, qids = self._preconditioned_queries(query, ids)
+        score_block, blocks, qids = self._block_scorer(query, ids)
         with eval_mode(self.model):
-            values = score_matrix(PQ, self._train_blocks(), self.n_train_)
+            values = score_matrix(score_block, blocks, self.n_train_)
         return Scores(values, qids, list(self.train_ids_), self._meta())
 
     def top_k(self, query: Any, k: int, ids: Sequence | None = None, largest: bool = True) -> tuple[Tensor, Tensor]:
         """(values, indices) of the k largest scores per query, streamed over training blocks."""
         if not isinstance(k, int) or k <= 0:
             raise InputError(f"k must be a positive integer, got {k!r}")
-        PQ, _ = self._preconditioned_queries(query, ids)
+        score_block, blocks, _ = self._block_scorer(query, ids)
         with eval_mode(self.model):
-            return score_top_k(PQ, self._train_blocks(), min(k, self.n_train_), largest)
+            return score_top_k(score_block, blocks, min(k, self.n_train_), largest)
 
     def self_influence(self) -> Tensor:
         """(n_train,) g_iᵀ (H + λI)⁻¹ g_i; large values flag unusual or mislabelled examples."""
         self._check_fitted()
         with eval_mode(self.model):
+            if self._factored():
+                blocks = factor_blocks(self.fn_, self.factor_layers_, self.train_examples_, self._factor_rows(),
+                                       progress=self.progress)
+                if isinstance(self.solver_, IdentitySolver):
+                    return torch.cat([self_similarity(f) for _, f in blocks])
+                bases = self._eigenbasis()
+                if bases is not None:
+                    return torch.cat([eigen_self_influence(f, bases) for _, f in blocks])
             return self_scores(self.solver_, self._train_blocks(), self.n_train_)
 
     # ----- persistence ----------------------------------------------------------------------

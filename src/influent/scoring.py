@@ -5,7 +5,7 @@ source of gradient blocks (in memory, recomputed from the model, or read from a 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -47,21 +47,33 @@ def precondition(solver: Solver, G: Tensor) -> Tensor:
     return solver.solve(G.T).T.to(G.dtype)
 
 
-def score_matrix(PQ: Tensor, blocks: Iterable[tuple[int, Tensor]], n_train: int) -> Tensor:
-    """values[q, i] = PQ[q] · g_i over streamed training blocks."""
-    out = torch.empty(PQ.shape[0], n_train, dtype=PQ.dtype, device=PQ.device)
-    for offset, G in blocks:
-        out[:, offset: offset + G.shape[0]] = PQ @ G.T
+BlockScorer = Callable[[Any], Tensor]  # one training block (flat gradients or factors) -> [n_query, b]
+
+
+def score_matrix(score_block: BlockScorer, blocks: Iterable[tuple[int, Any]], n_train: int) -> Tensor:
+    """values[:, offset:offset+b] = score_block(block) over streamed training blocks."""
+    out = None
+    for offset, block in blocks:
+        v = score_block(block)
+        if out is None:
+            out = torch.empty(v.shape[0], n_train, dtype=v.dtype, device=v.device)
+        out[:, offset: offset + v.shape[1]] = v
+    assert out is not None
     return out
 
 
-def score_top_k(PQ: Tensor, blocks: Iterable[tuple[int, Tensor]], k: int, largest: bool = True) -> tuple[Tensor, Tensor]:
+def score_top_k(score_block: BlockScorer, blocks: Iterable[tuple[int, Any]], k: int,
+                largest: bool = True) -> tuple[Tensor, Tensor]:
     """Top-k per query without ever holding the n_query × n_train matrix."""
     if k <= 0:
         raise InputError(f"k must be a positive integer, got {k}")
-    heap = StreamingTopK(PQ.shape[0], k, largest=largest, dtype=PQ.dtype)
-    for offset, G in blocks:
-        heap.update(PQ @ G.T, offset)
+    heap = None
+    for offset, block in blocks:
+        v = score_block(block)
+        if heap is None:
+            heap = StreamingTopK(v.shape[0], k, largest=largest, dtype=v.dtype)
+        heap.update(v, offset)
+    assert heap is not None
     return heap.result()
 
 

@@ -17,9 +17,9 @@ example (true Fisher, seeded), "empirical" the true-label loss gradient.
 EK-FAC keeps the eigenbases Q_S, Q_A and replaces Λ_S ⊗ Λ_A by the corrected eigenvalues
 Λ*[o, j] = (1/n) Σ_{i,r} (Q_Sᵀ G_{i,r} Q_A)[o, j]², G_{i,r} = Σ_t δ_{i,r,t} a_{i,t}ᵀ the
 per-example layer gradient (George et al. 2018; a second pass over the data). Factors
-accumulate in float64; K-FAC multiplies by S M A directly and eigendecomposes only for
-`inverse`. "sampled" draws with a generator seeded by (seed, batch index), as `Fisher` does,
-so its draws depend on the batch size.
+accumulate in float64 and are eigendecomposed in float64; products are applied in the model's
+dtype. K-FAC multiplies by S M A directly and eigendecomposes only for `inverse`. "sampled"
+draws one uniform per example position from the seed, so draws do not depend on the batch size.
 """
 from __future__ import annotations
 
@@ -126,6 +126,7 @@ class KFAC(LinearOperator):
         self.layers = resolve_layers(fn.model, fn.space.names)
         self.fn, self.fisher, self.seed = fn, fisher, int(seed)
         self.eigen_corrected, self.n, self.batch_size = bool(eigen_corrected), len(examples), int(batch_size)
+        self._cast: dict = {}
         self._slots = {n: (o, s, shape) for n, o, s, shape in
                        zip(fn.space.names, fn.space.offsets, fn.space.sizes, fn.space.shapes)}
         self._fit(examples)
@@ -273,22 +274,32 @@ class KFAC(LinearOperator):
                 col += width
 
     def _map(self, B: Tensor, f: Callable[[KFACLayer, Tensor], Tensor]) -> Tensor:
-        """Apply f(layer, M [m, out, d_a]) to each layer's rows of B [P, m], in float64; B's dtype back."""
-        X = B.to(_F64)
-        out = torch.zeros_like(X)
-        for layer in self.layers:
-            self._scatter(layer, f(layer, self._gather(layer, X)), out)
-        return out.to(B.dtype)
+        """Apply f(layer, M [m, out, d_a]) to each layer's rows of B [P, m] in B's dtype, columns in chunks."""
+        out = torch.zeros_like(B)
+        step = max(1, (4 * _CHUNK_ELEMS) // max(1, B.shape[0]))  # ~64 MB of float32 columns
+        for s in range(0, B.shape[1], step):
+            X = B[:, s:s + step]
+            part = torch.zeros_like(X)
+            for layer in self.layers:
+                self._scatter(layer, f(layer, self._gather(layer, X)), part)
+            out[:, s:s + step] = part
+        return out
 
-    @staticmethod
-    def _eigen_scaled(layer: KFACLayer, M: Tensor, scale: Tensor) -> Tensor:
-        """Q_S [scale ∘ (Q_Sᵀ M Q_A)] Q_Aᵀ."""
-        return layer.QS @ ((layer.QS.T @ M @ layer.QA) * scale) @ layer.QA.T
+    def _eigen_scaled(self, layer: KFACLayer, M: Tensor, scale: Tensor) -> Tensor:
+        """Q_S [scale ∘ (Q_Sᵀ M Q_A)] Q_Aᵀ, in M's dtype (the bases were computed in float64)."""
+        QS, QA = self._bases(layer, M.dtype)
+        return QS @ ((QS.T @ M @ QA) * scale.to(M.dtype)) @ QA.T
+
+    def _bases(self, layer: KFACLayer, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        key = (id(layer), dtype)
+        if key not in self._cast:
+            self._cast[key] = (layer.QS.to(dtype), layer.QA.to(dtype))
+        return self._cast[key]
 
     def _matmat(self, V: Tensor) -> Tensor:
         if self.eigen_corrected:
             return self._map(V, lambda l, M: self._eigen_scaled(l, M, l.eigenvalues))
-        return self._map(V, lambda l, M: l.S @ M @ l.A)  # (S ⊗ A) vec(M) = vec(S M A)
+        return self._map(V, lambda l, M: l.S.to(M.dtype) @ M @ l.A.to(M.dtype))  # (S ⊗ A) vec(M) = vec(S M A)
 
     def inverse(self, damping: float) -> Callable[[Tensor], Tensor]:
         """(K + λI)⁻¹ as a function of B [P, m]: exact, damping added once to the eigenvalues."""
@@ -307,6 +318,12 @@ class KFAC(LinearOperator):
             return self._map(B, lambda l, M: self._eigen_scaled(l, M, scales[id(l)]))
 
         return solve
+
+    def eigenbasis(self, damping: float, dtype: torch.dtype) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """Per layer name: (Q_S, Q_A, 1/(Λ + λ)) in `dtype`, for scoring directly in the eigenbasis."""
+        self.inverse(damping)  # validates the damping and computes the bases
+        return {l.name: (*self._bases(l, dtype), (1.0 / (l.eigenvalues + float(damping))).to(dtype))
+                for l in self.layers}
 
     def describe(self) -> dict:
         kind = "ekfac" if self.eigen_corrected else "kfac"

@@ -1,0 +1,155 @@
+"""Per-example gradients of nn.Linear layers as factors: g_i = δ_i a_iᵀ, never formed.
+
+For a Linear layer fed one input row per example, the per-example weight gradient is the outer
+product of the output gradient δ_i and the input a_i (with a 1 appended for the bias). Scoring
+with factors costs the same multiply-adds as a dense dot product but never writes an
+n × P gradient matrix, and plain gradient similarity reduces to Σ_l (δ_q·δ_i)(a_q·a_i).
+Models or selections this does not fit (convolutions, sequences, other layers) use the dense path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .grads import ModelFunction
+from .inputs import Examples
+from .params import ParamSpace
+from .progress import track
+
+Factors = list[tuple[Tensor, Tensor]]  # per layer: (A [B, d_a], D [B, out])
+
+
+@dataclass(frozen=True)
+class FactorLayer:
+    """One nn.Linear: which flat entries its weight and bias occupy."""
+
+    name: str
+    module: nn.Linear
+    weight: str | None
+    bias: str | None
+    out: int
+    d_in: int
+
+    @property
+    def d_a(self) -> int:
+        return (self.d_in if self.weight else 0) + (1 if self.bias else 0)
+
+
+class NotFactorable(Exception):
+    """The model does not fit the one-row-per-example Linear pattern; use dense gradients."""
+
+
+def plan_factors(model: nn.Module, space: ParamSpace) -> list[FactorLayer] | None:
+    """Layers for the factored path, or None when a selected parameter is not a plain Linear's."""
+    layers: dict[str, dict] = {}
+    for name in space.names:
+        path, _, attr = name.rpartition(".")
+        module = model.get_submodule(path) if path else model
+        if type(module) is not nn.Linear or attr not in ("weight", "bias"):
+            return None
+        layers.setdefault(path, {"module": module})[attr] = name
+    return [FactorLayer(p, d["module"], d.get("weight"), d.get("bias"), d["module"].out_features,
+                        d["module"].in_features) for p, d in layers.items()]
+
+
+def factor_batch(fn: ModelFunction, layers: list[FactorLayer], batch, query: bool = False) -> Factors:
+    """Inputs and output gradients of each layer for every example of a batch (one backward pass)."""
+    seen: dict[str, list] = {l.name: [] for l in layers}
+    hooks = [l.module.register_forward_hook(lambda m, i, o, l=l: seen[l.name].append((i[0], o))) for l in layers]
+    try:
+        with torch.enable_grad():
+            losses = (fn.task.query_loss if query else fn.task.train_loss)(fn.model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    B = losses.shape[0]
+    for l in layers:
+        calls = seen[l.name]
+        if len(calls) != 1 or calls[0][0].dim() != 2 or calls[0][0].shape[0] != B:
+            raise NotFactorable(l.name)
+    outs = [seen[l.name][0][1] for l in layers]
+    # per-example losses depend only on their own example (eval mode), so ∂Σℓ/∂z_i = ∂ℓ_i/∂z_i
+    grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True)
+    result = []
+    for l, g, out in zip(layers, grads, outs):
+        a = seen[l.name][0][0].detach()
+        parts = ([a] if l.weight else []) + ([a.new_ones(B, 1)] if l.bias else [])
+        result.append((torch.cat(parts, 1), torch.zeros_like(out) if g is None else g.detach()))
+    return result
+
+
+def factor_blocks(fn: ModelFunction, layers: list[FactorLayer], examples: Examples, rows: int,
+                  query: bool = False, progress: bool = False,
+                  label: str = "training gradients") -> Iterator[tuple[int, Factors]]:
+    """Factors in blocks of `rows` examples, with their offsets."""
+    offset = 0
+    for _, batch in track(examples.batches(rows), -(-len(examples) // rows), label, progress):
+        f = factor_batch(fn, layers, batch, query)
+        yield offset, f
+        offset += f[0][0].shape[0]
+
+
+def flatten_factors(layers: list[FactorLayer], space: ParamSpace, factors: Factors) -> Tensor:
+    """Full flat gradients [B, P] from factors (for the few query gradients a solver needs)."""
+    pieces: dict[str, Tensor] = {}
+    for l, (A, D) in zip(layers, factors):
+        G = D[:, :, None] * A[:, None, :]  # [B, out, d_a]
+        if l.weight:
+            pieces[l.weight] = G[..., : l.d_in]
+        if l.bias:
+            pieces[l.bias] = G[..., -1]
+    return space.flatten(pieces, batch_dims=1)
+
+
+def layer_matrices(layers: list[FactorLayer], space: ParamSpace, flat: Tensor) -> list[Tensor]:
+    """Rows of flat vectors [m, P] as each layer's [m, out, d_a] matrix ([W | b])."""
+    parts = space.unflatten(flat)
+    mats = []
+    for l in layers:
+        cols = ([parts[l.weight]] if l.weight else []) + ([parts[l.bias][..., None]] if l.bias else [])
+        mats.append(torch.cat(cols, -1))
+    return mats
+
+
+def score_with_matrices(mats: list[Tensor], factors: Factors) -> Tensor:
+    """values[q, i] = Σ_l δ_iᵀ M_q a_i for preconditioned query matrices M_q: [m, B]."""
+    total = None
+    for M, (A, D) in zip(mats, factors):
+        m, out, d_a = M.shape
+        Z = (M.reshape(m * out, d_a) @ A.T).reshape(m, out, -1)  # [m, out, B]
+        part = torch.einsum("mob,bo->mb", Z, D)
+        total = part if total is None else total + part
+    return total
+
+
+def similarity(qf: Factors, factors: Factors) -> Tensor:
+    """Plain gradient dot products Σ_l (δ_q·δ_i)(a_q·a_i): [m, B], no d_in × out work."""
+    total = None
+    for (Aq, Dq), (A, D) in zip(qf, factors):
+        part = (Dq @ D.T) * (Aq @ A.T)
+        total = part if total is None else total + part
+    return total
+
+
+def self_similarity(factors: Factors) -> Tensor:
+    """‖g_i‖² = Σ_l ‖δ_i‖²‖a_i‖²: [B]."""
+    return sum((D.square().sum(1) * A.square().sum(1)) for A, D in factors)
+
+
+def rotate(factors: Factors, bases: list[tuple[Tensor, Tensor, Tensor]]) -> Factors:
+    """Factors in each layer's Kronecker eigenbasis: (A Q_A, D Q_S)."""
+    return [(A @ QA, D @ QS) for (A, D), (QS, QA, _) in zip(factors, bases)]
+
+
+def eigen_query_matrices(qf: Factors, bases: list[tuple[Tensor, Tensor, Tensor]]) -> list[Tensor]:
+    """Preconditioned queries in the eigenbasis: scale ∘ (ŝ_q â_qᵀ), [m, out, d_a] per layer."""
+    return [scale * (D[:, :, None] * A[:, None, :]) for (A, D), (_, _, scale) in zip(rotate(qf, bases), bases)]
+
+
+def eigen_self_influence(factors: Factors, bases: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """g_iᵀ (K + λI)⁻¹ g_i = Σ_l Σ_{o,j} scale[o,j] ŝ_i[o]² â_i[j]²: [B]."""
+    return sum(torch.einsum("bo,oj,bj->b", D.square(), scale, A.square())
+               for (A, D), (_, _, scale) in zip(rotate(factors, bases), bases))
