@@ -32,6 +32,7 @@ CONFIGS = [
     dict(curvature="ggn", solver="cg"),
     dict(curvature="kfac", solver="direct"),
     dict(curvature="ekfac", solver="direct"),
+    dict(curvature="hessian", solver="arnoldi"),
 ]
 
 

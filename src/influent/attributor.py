@@ -149,8 +149,17 @@ class Attributor:
                 except NotFactorable:
                     self.factor_layers_ = None
             Q = all_gradients(self.fn_, examples, self._rows(), query=True, label="query gradients")
+            low = self._low_rank()
+            if low is not None:  # r projections per training gradient instead of n_query
+                U, w = low
+                QUw = (Q @ U) * w
+                return (lambda G: QUw @ (G @ U).T), self._train_blocks(), qids
             PQ = precondition(self.solver_, Q)
         return (lambda G: PQ @ G.T), self._train_blocks(), qids
+
+    def _low_rank(self):
+        low_rank = getattr(self.solver_, "low_rank", None)
+        return low_rank() if low_rank is not None else None
 
     def _factored_scorer(self, examples: Examples):
         layers = self.factor_layers_
@@ -162,6 +171,12 @@ class Attributor:
         if bases is not None:
             mats = eigen_query_matrices(qf, bases)
             return (lambda f: score_with_matrices(mats, rotate(f, bases))), blocks
+        low = self._low_rank()
+        if low is not None:
+            U, w = low
+            umats = layer_matrices(layers, self.space_, U.T.contiguous())
+            QUw = score_with_matrices(umats, qf).T * w  # g_q·u_m from factors, no flat query gradients
+            return (lambda f: QUw @ score_with_matrices(umats, f)), blocks
         PQ = precondition(self.solver_, flatten_factors(layers, self.space_, qf))
         mats = layer_matrices(layers, self.space_, PQ)
         return (lambda f: score_with_matrices(mats, f)), blocks
@@ -202,6 +217,11 @@ class Attributor:
                 bases = self._eigenbasis()
                 if bases is not None:
                     return torch.cat([eigen_self_influence(f, bases) for _, f in blocks])
+                low = self._low_rank()
+                if low is not None:
+                    umats = layer_matrices(self.factor_layers_, self.space_, low[0].T.contiguous())
+                    return torch.cat([(score_with_matrices(umats, f).square() * low[1][:, None]).sum(0)
+                                      for _, f in blocks])
             return self_scores(self.solver_, self._train_blocks(), self.n_train_)
 
     # ----- persistence ----------------------------------------------------------------------

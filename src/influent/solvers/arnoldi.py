@@ -6,13 +6,13 @@ directions outside the top-r subspace get weight 1/λ instead of 0.
 """
 from __future__ import annotations
 
-import sys
 import warnings
 
 import torch
 from torch import Tensor
 
 from ..curvature.operator import LinearOperator, split_damping
+from ..progress import track
 from ..errors import InputError, NumericalError
 from .base import Solver
 from .cg import check_rhs
@@ -73,38 +73,44 @@ class Arnoldi(Solver):
                           "negatives='signed' or 'shift', or check the sign of the curvature", stacklevel=3)
 
     def _krylov(self, op: LinearOperator) -> tuple[Tensor, Tensor, int]:
-        """Arnoldi with modified Gram-Schmidt plus a full second pass; returns Q [P, k], T [k, k] (float64)."""
+        """Arnoldi with full re-orthogonalisation; returns Q [P, k], T [k, k] (float64).
+
+        The basis is stored as contiguous rows, and each new vector is orthogonalised against all of
+        it by classical Gram-Schmidt, repeated when the DGKS test sees cancellation (as ARPACK does):
+        as accurate as modified Gram-Schmidt plus a second pass, in matrix-vector products.
+        """
         P, dtype, device = op.size, op.dtype, op.device
         n = min(self.iterations, P)
         g = torch.Generator().manual_seed(self.seed)
         q = torch.randn(P, generator=g, dtype=torch.float64)
-        Q = torch.zeros(P, n + 1, dtype=dtype, device=device)
-        Q[:, 0] = (q / q.norm()).to(dtype).to(device)
+        Q = torch.zeros(n + 1, P, dtype=dtype, device=device)
+        Q[0] = (q / q.norm()).to(dtype).to(device)
         A = torch.zeros(n + 1, n, dtype=torch.float64)
         k = n
-        for i in range(n):
-            w = op.matmat(Q[:, i : i + 1]).reshape(-1)
+        for i in track(range(n), n, "Arnoldi iterations", self.progress):
+            w = op.matmat(Q[i][:, None]).reshape(-1)
             if not bool(torch.isfinite(w).all()):
                 raise NumericalError(f"Arnoldi: the curvature product at iteration {i} has NaN/Inf; check the "
                                      "model weights and the curvature data")
-            hs = torch.empty(i + 1, dtype=dtype, device=device)
-            for j in range(i + 1):                                  # modified Gram-Schmidt
-                hs[j] = torch.dot(w, Q[:, j])
-                w = w - hs[j] * Q[:, j]
-            h2 = Q[:, : i + 1].T @ w                                 # re-orthogonalisation pass
-            w = w - Q[:, : i + 1] @ h2
-            A[: i + 1, i] = hs.double().cpu() + h2.double().cpu()
+            basis = Q[: i + 1]
+            norm_in = float(w.norm())
+            h = basis @ w
+            w = w - basis.T @ h
             beta = float(w.norm())
+            if beta < 0.7071 * norm_in:                             # DGKS test: cancellation, so orthogonalise again
+                h2 = basis @ w
+                w = w - basis.T @ h2
+                h = h + h2
+                beta = float(w.norm())
+            A[: i + 1, i] = h.double().cpu()
             A[i + 1, i] = beta
-            if self.progress and (i + 1) % 10 == 0:
-                print(f"[influent] Arnoldi iteration {i + 1}/{n}: |w| = {beta:.2e}", file=sys.stderr)
             if beta < self.tol:                                     # invariant subspace found: stop early
                 k = i + 1
                 break
             if i + 1 < n:
-                Q[:, i + 1] = w / beta
+                Q[i + 1] = w / beta
         self.info_["early_stop"] = k < n
-        return Q[:, :k], A[:k, :k], k
+        return Q[:k].T, A[:k, :k], k
 
     def _policy(self, theta: Tensor) -> Tensor:
         """Which Ritz pairs to invert: drop (θ > 0), shift (θ + λ > 0) or signed (all non-singular)."""
@@ -118,6 +124,14 @@ class Arnoldi(Solver):
         scale = float(theta.abs().max()) if theta.numel() else 0.0
         keep &= (theta + lam).abs() > 1e-12 * max(scale, lam)       # numerically singular: never invert
         return keep
+
+    def low_rank(self) -> tuple[Tensor, Tensor] | None:
+        """(U [P, r], w [r]) with (H + λI)⁻¹ ≈ U diag(w) Uᵀ, so scores need only r projections per
+        gradient: score(q, i) = Σ_m w_m (g_q·u_m)(g_i·u_m). None with the Woodbury extension."""
+        if self.extension:
+            return None
+        w = 1.0 / (self.eigenvalues_.double() + self._lam)
+        return self.eigenvectors_, w.to(self.eigenvectors_.dtype)
 
     def _solve(self, B: Tensor) -> Tensor:
         check_rhs(B, "Arnoldi")
