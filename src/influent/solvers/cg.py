@@ -5,13 +5,13 @@ about as many operator passes as one. Needs a positive-definite damped operator.
 """
 from __future__ import annotations
 
-import sys
 import warnings
 
 import torch
 from torch import Tensor
 
 from ..curvature.operator import LinearOperator, split_damping
+from ..progress import Bar
 from ..errors import InputError, NumericalError
 from .base import Solver
 
@@ -65,6 +65,7 @@ class CG(Solver):
         target = self.rtol * bnorm
         active = bnorm > 0                               # zero columns solve to zero at once
         matvecs, it = 0, 0
+        bar = Bar(max_iter, "CG iterations", self.progress).__enter__()
         while it < max_iter:
             idx = active.nonzero().flatten()
             if idx.numel() == 0:
@@ -90,10 +91,10 @@ class CG(Solver):
             D[:, idx] = Rk + (rs_new / rs[idx]) * Dk
             rs[idx] = rs_new
             active[idx[rs_new.sqrt() <= target[idx]]] = False
-            if self.progress and (it % 50 == 0 or not bool(active.any())):
+            if self.progress and (it % 10 == 0 or not bool(active.any())):
                 rel = float((rs.sqrt() / bnorm.clamp_min(torch.finfo(dtype).tiny)).max())
-                print(f"[influent] CG iteration {it}: {int(active.sum())}/{m} columns active, "
-                      f"max relative residual {rel:.2e}", file=sys.stderr)
+                bar.advance(10 if it % 10 == 0 else it % 10, f"{int(active.sum())}/{m} active, residual {rel:.1e}")
+        bar.__exit__()
         rel = rs.sqrt() / bnorm.clamp_min(torch.finfo(dtype).tiny)
         rel[bnorm == 0] = 0
         res = float(rel.max()) if m else 0.0

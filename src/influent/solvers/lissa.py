@@ -7,13 +7,13 @@ spectrum (power iteration for λ_max, damping as the lower bound on λ_min) inst
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 
 import torch
 from torch import Tensor
 
 from ..curvature.operator import LinearOperator, power_iteration, split_damping
+from ..progress import Bar
 from ..errors import InputError, NumericalError
 from .base import Solver
 from .cg import check_rhs
@@ -92,6 +92,7 @@ class LiSSA(Solver):
         Hk, bk, nk = b[:, idx].clone(), b[:, idx], bnorm[idx]   # h_0 = b, active columns only
         best = torch.full_like(nk, math.inf)
         steps = products = 0
+        bar = Bar(self.depth_, "LiSSA steps", self.progress).__enter__()
         for step in range(self.depth_ + 1):               # depth updates, plus one product to check the last
             if idx.numel() == 0:
                 break
@@ -104,9 +105,8 @@ class LiSSA(Solver):
                     self._diverged(step, float(r.max()))
                 best = torch.minimum(best, r)
                 done = r <= self.rtol
-                if self.progress and step % (10 * CHECK_EVERY) == 0:
-                    print(f"[influent] LiSSA step {step}/{self.depth_}: {idx.numel() - int(done.sum())}/{m} "
-                          f"columns active, max relative residual {float(r.max()):.2e}", file=sys.stderr)
+                if self.progress and step > 0:
+                    bar.advance(CHECK_EVERY, f"{idx.numel() - int(done.sum())}/{m} active, residual {float(r.max()):.1e}")
                 if step == self.depth_ or bool(done.all()):
                     break
                 if bool(done.any()):                      # freeze converged columns at their current iterate
@@ -115,6 +115,7 @@ class LiSSA(Solver):
                     idx, Hk, bk, nk, best, R = idx[keep], Hk[:, keep], bk[:, keep], nk[keep], best[keep], R[:, keep]
             Hk = Hk - R                                   # h_j = b + (1 − d)h − Hh/s  =  h − residual
             steps = step + 1
+        bar.__exit__()
         H[:, idx] = Hk
         res = float(rel.max()) if m else 0.0
         converged = res <= self.rtol
