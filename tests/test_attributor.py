@@ -135,3 +135,11 @@ def test_removing_the_top_proponent_raises_the_query_loss(logistic):
     top, bottom = int(s[0].argmax()), int(s[0].argmin())
     actual = _loo_changes(model, train, query[:1] if False else (query[0][:1], query[1][:1]), [top, bottom])
     assert actual[0, 0] > 0 > actual[0, 1]
+
+
+def test_progress_bars_go_to_stderr_and_change_nothing(problem, capsys):
+    model, train, query = problem
+    quiet = inf.Attributor(model, inf.Task.classification(), damping=DAMPING).fit(train).score(query).values
+    loud = inf.Attributor(model, inf.Task.classification(), damping=DAMPING, progress=True).fit(train)
+    assert torch.equal(loud.score(query).values, quiet)
+    assert "training gradients" in capsys.readouterr().err

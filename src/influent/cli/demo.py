@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..attributor import Attributor
 from ..data import load_digits, split
+from ..errors import InputError
 from ..progress import stage
 from ..task import Task
 from ..train import fit_lbfgs, mlp
@@ -19,6 +20,10 @@ WEIGHT_DECAY = 1e-3
 def run_demo(console: Console, n_train: int = 1000, n_queries: int = 4, top: int = 3, progress: bool = True) -> dict:
     """Train, attribute, print; returns the numbers it printed (for tests)."""
     X, y = load_digits(torch.float64)
+    if not 10 <= n_train <= X.shape[0] - n_queries:
+        raise InputError(f"--n-train must be between 10 and {X.shape[0] - n_queries} (digits has {X.shape[0]} images)")
+    if n_queries < 1 or top < 1:
+        raise InputError("--n-queries and --top must be at least 1")
     Xtr, ytr, Xte, yte = split(X, y, n_train, n_queries, seed=0)
     task = Task.classification()
     model = mlp([64, 32, 10], dtype=torch.float64, seed=0)

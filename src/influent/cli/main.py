@@ -21,13 +21,25 @@ def demo(n_train: int = typer.Option(1000, help="training examples from sklearn 
          debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
     """Train a digits MLP, attribute a few test predictions, print proponents and opponents."""
     from .demo import run_demo
+    _guarded(lambda: run_demo(console, n_train=n_train, n_queries=n_queries, top=top, progress=not quiet), debug)
+
+
+def _guarded(job, debug: bool) -> None:
+    """Run a command: an InfluentError exits 2, anything else 1, each as one line plus a hint."""
     try:
-        run_demo(console, n_train=n_train, n_queries=n_queries, top=top, progress=not quiet)
+        job()
     except InfluentError as e:
         if debug:
             raise
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+        if debug:
+            raise
+        console.print(f"[red]unexpected error:[/red] {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -39,6 +39,20 @@ class _BatchedCurvature(LinearOperator):
         """A cached map v -> curvature·v for batch i whose primal pass is computed once, or None."""
         return None
 
+    def minibatch(self, batch_size: int, generator: torch.Generator) -> "_BatchedCurvature":
+        """The same curvature on `batch_size` examples drawn without replacement (stochastic LiSSA)."""
+        import copy
+
+        pos = torch.randperm(self.n, generator=generator)[: min(batch_size, self.n)].sort().values.tolist()
+        sub = copy.copy(self)
+        sub.examples = self.examples.subset(pos)
+        sub.batches, sub.n = [sub.examples.data], len(pos)
+        sub._linear, sub._cache_linear = {}, False       # a fresh draw each step: tracing would not pay off
+        for cache in ("_sqrt", "_cache"):
+            if hasattr(sub, cache):
+                setattr(sub, cache, {})
+        return sub
+
     def _batch_product(self, batch, v: dict[str, Tensor], state) -> dict[str, Tensor]:
         """Mean-over-batch curvature times one vector v (a parameter dict)."""
         raise NotImplementedError
