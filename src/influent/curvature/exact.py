@@ -110,17 +110,31 @@ class GGN(_BatchedCurvature):
         if i not in self._sqrt:
             with torch.no_grad():
                 out = self.fn.outputs(self.fn.params, batch)
-                self._sqrt[i] = self.fn.task.output_hessian_sqrt(out, batch)  # [B, C, R]
+                L = self.fn.task.output_hessian_sqrt(out, batch)  # [B, C, R]
+                self._sqrt[i] = L @ L.transpose(1, 2)              # H_out = L Lᵀ, [B, C, C]
         return self._sqrt[i]
 
     def _batch_product(self, batch, v, L):
         f = lambda p: self.fn.outputs(p, batch)
         out, jv = jvp(f, (self.fn.params,), (v,))
-        B = out.shape[0]
-        jv = jv.reshape(B, -1)
-        hjv = torch.einsum("bcr,bdr,bd->bc", L, L, jv)
-        _, pull = vjp(f, self.fn.params)
-        return {k: t / B for k, t in pull(hjv.reshape(out.shape))[0].items()}
+        return self._pull_back(f, out, self._weigh(L, jv.reshape(out.shape[0], -1)))
+
+    @staticmethod
+    def _weigh(H_out: Tensor, jv: Tensor) -> Tensor:
+        return torch.einsum("bcd,bd->bc", H_out, jv)  # H_out J v per example
+
+    def _pull_back(self, f, out: Tensor, w: Tensor, pull=None) -> dict[str, Tensor]:
+        pull = pull or vjp(f, self.fn.params)[1]
+        return {k: t / out.shape[0] for k, t in pull(w.reshape(out.shape))[0].items()}
+
+    def _linearized(self, i, batch):
+        # J v through a traced linearisation and Jᵀ w through one saved pullback: no repeated forwards
+        if i not in self._linear:
+            f = lambda p: self.fn.outputs(p, batch)
+            out, lin = linearize(f, self.fn.params)
+            pull, state = vjp(f, self.fn.params)[1], self._batch_state(i, batch)
+            self._linear[i] = lambda v: self._pull_back(f, out, self._weigh(state, lin(v).reshape(out.shape[0], -1)), pull)
+        return self._linear[i]
 
 
 class _OuterProductCurvature(_BatchedCurvature):
@@ -137,12 +151,23 @@ class _OuterProductCurvature(_BatchedCurvature):
     def _batch_product(self, batch, v, R):
         f = lambda p: self.fn.outputs(p, batch)
         out, jv = jvp(f, (self.fn.params,), (v,))
+        return self._outer(R, jv, out, vjp(f, self.fn.params)[1])
+
+    @staticmethod
+    def _outer(R: Tensor, jv: Tensor, out: Tensor, pull) -> dict[str, Tensor]:
+        """(1/B) Σ_i Jᵢᵀ r_i (r_i · Jᵢ v), averaged over the S label samples in R [S, B, C]."""
         B = out.shape[0]
-        # R: [S, B, C] (S label samples); s = r·(J v) per sample and example
         s = (R * jv.reshape(1, B, -1)).sum(-1)
-        _, pull = vjp(f, self.fn.params)
         w = (R * s[..., None]).sum(0) / R.shape[0]
         return {k: t / B for k, t in pull(w.reshape(out.shape))[0].items()}
+
+    def _linearized(self, i, batch):
+        if i not in self._linear:
+            f = lambda p: self.fn.outputs(p, batch)
+            out, lin = linearize(f, self.fn.params)
+            pull, R = vjp(f, self.fn.params)[1], self._batch_state(i, batch)
+            self._linear[i] = lambda v: self._outer(R, lin(v), out, pull)
+        return self._linear[i]
 
 
 class Fisher(_OuterProductCurvature):
@@ -207,3 +232,11 @@ class EmpiricalFisher(_BatchedCurvature):
         B = batch_size_of(batch)
         s = self.fn.loss_jvp(batch, v)
         return {k: t / B for k, t in self.fn.loss_vjp(batch, s).items()}
+
+    def _linearized(self, i, batch):
+        if i not in self._linear:
+            f = lambda p: self.fn.losses(p, batch)
+            _, lin = linearize(f, self.fn.params)
+            pull, B = vjp(f, self.fn.params)[1], batch_size_of(batch)
+            self._linear[i] = lambda v: {k: t / B for k, t in pull(lin(v))[0].items()}
+        return self._linear[i]
