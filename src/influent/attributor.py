@@ -15,7 +15,10 @@ from .errors import ConfigMismatchError, InputError, NotFittedError
 from .grads import ModelFunction, check_batch, eval_mode
 from .inputs import Examples, as_examples
 from .params import check_finite_params, select_params
-from .progress import stage
+from .compress import make_compressor
+from .compressed import compressed_curvature, compressed_rows
+from .progress import stage, track
+from .store import GradientStore, fill_store
 from .sampling import make_sampler
 from .scores import Scores
 from .factors import (NotFactorable, eigen_query_matrices, eigen_self_influence, factor_batch, factor_blocks,
@@ -59,16 +62,18 @@ class Attributor:
             raise InputError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if self.compress is not None:
-            raise InputError("gradient compression is not available in this version of influent; pass compress=None")
 
     def _examples(self, data: Any, ids: Sequence | None, name: str) -> Examples:
         p0 = next(self.model.parameters())
         return as_examples(data, ids, name).to(self.device or p0.device, self.dtype or p0.dtype)
 
     # ----- fit ------------------------------------------------------------------------------
-    def fit(self, train: Any, ids: Sequence | None = None) -> "Attributor":
-        """Validate, build the curvature on the (sampled) training set, fit the solver, cache gradients."""
+    def fit(self, train: Any, ids: Sequence | None = None, store: str | Path | None = None) -> "Attributor":
+        """Validate, build the curvature on the (sampled) training set, fit the solver, keep the gradients.
+
+        With `store`, training gradients (compressed when `compress` is set) are written to a
+        resumable gradient store in that directory: a rerun after a crash continues where it stopped.
+        """
         self._validate()
         t0 = time.perf_counter()
         self.timings_: dict[str, float] = {}
@@ -78,33 +83,68 @@ class Attributor:
         with eval_mode(self.model):
             self.fn_ = ModelFunction(self.model, self.task, self.space_)
             check_batch(self.fn_, examples.data, "train")
+            self.factor_layers_ = plan_factors(self.model, self.space_)
+            self.compressor_ = self._fit_compressor(examples)
             sampler = make_sampler(self.sampler)
             positions = list(range(len(examples))) if sampler is None else sampler.select(examples, self.fn_, self.seed)
             self.curvature_ids_ = [examples.ids[i] for i in positions]
             curv_set = examples if sampler is None else examples.subset(positions)
             with stage("curvature", self.progress):
-                self.curvature_ = make_curvature(self.curvature, self.fn_, curv_set,
-                                                 batch_size=max(self.batch_size, 512), seed=self.seed)
+                self.curvature_ = self._make_curvature(curv_set)
             self.timings_["curvature"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             curv_name = self.curvature if isinstance(self.curvature, str) else type(self.curvature).__name__
-            self.solver_ = make_solver(self.solver, curvature_name=curv_name, size=self.space_.numel, seed=self.seed)
+            self.solver_ = make_solver(self.solver, curvature_name=curv_name, size=self.curvature_.size, seed=self.seed)
             with stage(f"{self.solver_.name} fit", self.progress):
                 self.solver_.fit(self.curvature_, self.damping)
             self.timings_["solver_fit"] = time.perf_counter() - t1
             t2 = time.perf_counter()
-            self.train_examples_ = examples
-            self.train_ids_ = list(examples.ids)
-            self.n_train_ = len(examples)
-            itemsize = torch.finfo(self._compute_dtype).bits // 8
-            self.train_grads_ = None
-            self.factor_layers_ = plan_factors(self.model, self.space_)
-            if self.n_train_ * self.space_.numel * itemsize <= self.cache_bytes:
-                self.train_grads_ = all_gradients(self.fn_, examples, self._rows(), progress=self.progress,
-                                                  label="training gradients")
+            self.train_examples_, self.train_ids_, self.n_train_ = examples, list(examples.ids), len(examples)
+            self.train_grads_ = self._training_rows(examples, store)
             self.timings_["train_gradients"] = time.perf_counter() - t2
         self.timings_["fit_total"] = time.perf_counter() - t0
         return self
+
+    def _fit_compressor(self, examples: Examples):
+        compressor = make_compressor(self.compress)
+        if compressor is None:
+            return None
+        sample = None
+        if "PCA" in repr(compressor):  # PCA learns its map from a sample of training gradients
+            n = min(len(examples), max(4 * int(getattr(compressor, "k", 0) or 0), 256))
+            sample = all_gradients(self.fn_, examples.subset(range(n)), self._rows(), label="PCA sample")
+        return compressor.fit(self.space_, sample, layers=self.factor_layers_)
+
+    def _make_curvature(self, curv_set: Examples):
+        if self.compressor_ is not None:
+            kind = self.curvature if isinstance(self.curvature, str) else "custom"
+            return compressed_curvature(kind, self.fn_, self.compressor_, self.factor_layers_, curv_set,
+                                        self.batch_size, seed=self.seed, progress=self.progress)
+        return make_curvature(self.curvature, self.fn_, curv_set, batch_size=max(self.batch_size, 512), seed=self.seed)
+
+    def _training_rows(self, examples: Examples, store: str | Path | None) -> Tensor | None:
+        """Training gradients (or their compressions) kept in memory, via the store if given; None when
+        they do not fit, in which case scoring recomputes them block by block."""
+        width = self.compressor_.k_ if self.compressor_ is not None else self.space_.numel
+        rows = self._rows() if self.compressor_ is None else self.batch_size
+        compute = (lambda b: compressed_rows(self.fn_, self.compressor_, self.factor_layers_, b)) \
+            if self.compressor_ is not None else (lambda b: self.fn_.per_example_grads(b))
+        if store is not None:
+            gs = GradientStore.open(store, config=self._store_config(), dim=width, dtype=self._compute_dtype,
+                                    fingerprint=model_fingerprint(self.model, self.space_))
+            fill_store(gs, examples.ids, examples.batches(rows), compute, progress=self.progress)
+            self.store_ = gs
+            return gs.read_all().to(self._compute_dtype)
+        itemsize = torch.finfo(self._compute_dtype).bits // 8
+        if self.compressor_ is None and self.n_train_ * width * itemsize > self.cache_bytes:
+            return None
+        label = "training gradients" if self.compressor_ is None else "compressed training gradients"
+        return torch.cat([compute(b) for _, b in track(examples.batches(rows), -(-len(examples) // rows),
+                                                         label, self.progress)])
+
+    def _store_config(self) -> dict:
+        return {"params": list(self.space_.names), "task": self.task.describe(),
+                "compress": self.compressor_.config() if self.compressor_ is not None else None}
 
     @property
     def _compute_dtype(self) -> torch.dtype:
@@ -148,7 +188,10 @@ class Attributor:
                     return self._factored_scorer(examples) + (qids,)
                 except NotFactorable:
                     self.factor_layers_ = None
-            Q = all_gradients(self.fn_, examples, self._rows(), query=True, label="query gradients")
+            if self.compressor_ is not None:
+                Q = compressed_rows(self.fn_, self.compressor_, self.factor_layers_, examples.data, query=True)
+            else:
+                Q = all_gradients(self.fn_, examples, self._rows(), query=True, label="query gradients")
             low = self._low_rank()
             if low is not None:  # r projections per training gradient instead of n_query
                 U, w = low
@@ -237,7 +280,8 @@ class Attributor:
         self._check_fitted()
         state = {"influent": __version__, "config": self._config(), "fingerprint": model_fingerprint(self.model, self.space_),
                  "space": list(self.space_.names), "train": self.train_examples_, "curvature_ids": self.curvature_ids_,
-                 "train_grads": self.train_grads_, "solver": self.solver_.state_dict(), "solver_object": self.solver}
+                 "train_grads": self.train_grads_, "solver": self.solver_.state_dict(), "solver_object": self.solver,
+                 "compressor": self.compressor_}
         torch.save(state, Path(path))
 
     @classmethod
@@ -253,13 +297,14 @@ class Attributor:
                                       "load it with the model it was fitted on, or refit")
         with eval_mode(model):
             attr.fn_ = ModelFunction(model, task, attr.space_)
+            attr.factor_layers_ = plan_factors(model, attr.space_)
+            attr.compressor_ = state.get("compressor")
             examples: Examples = state["train"]
             pos = {i: j for j, i in enumerate(examples.ids)}
             curv_set = examples.subset([pos[i] for i in state["curvature_ids"]])
-            attr.curvature_ = make_curvature(cfg["curvature"], attr.fn_, curv_set,
-                                             batch_size=max(attr.batch_size, 512), seed=attr.seed)
+            attr.curvature_ = attr._make_curvature(curv_set)
             attr.solver_ = make_solver(state["solver_object"], curvature_name=str(cfg["curvature"]),
-                                       size=attr.space_.numel, seed=attr.seed)
+                                       size=attr.curvature_.size, seed=attr.seed)
             attr.solver_.load_state_dict(state["solver"], attr.curvature_, attr.damping)
         attr.train_examples_, attr.train_ids_, attr.n_train_ = examples, list(examples.ids), len(examples)
         attr.curvature_ids_, attr.train_grads_, attr.timings_ = state["curvature_ids"], state["train_grads"], {}

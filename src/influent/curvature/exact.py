@@ -194,15 +194,8 @@ class Fisher(_OuterProductCurvature):
         return out / (self.n * self.n_samples)
 
     def _pseudo_grads(self, batch, r: Tensor) -> Tensor:
-        """Per-example Jᵀ r_i: the gradient the loss would have at the sampled label, [B, P]."""
-        from torch.func import grad, vmap
-        from ..grads import _unsqueeze
-
-        def one(p, example, ri):
-            out = self.fn.outputs(p, _unsqueeze(example))
-            return (out.reshape(-1) * ri).sum()
-        g = vmap(grad(one), in_dims=(None, 0, 0))(self.fn.params, batch, r)
-        return self.fn.space.flatten(g, batch_dims=1)
+        from ..compressed import pseudo_grads
+        return pseudo_grads(self.fn, batch, r)
 
     def _residuals(self, i, batch):
         start = sum(batch_size_of(b) for b in self.batches[:i])
