@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import compress, curvature, solvers
+from . import compress, curvature, eval, solvers
 from .errors import (ConfigMismatchError, DatasetNotAvailable, InfluentError, InputError, NotFittedError,
                      NumericalError, UnsupportedLayerError)
 from .params import ParamSpace, select_params
@@ -19,7 +19,7 @@ __all__ = [
     "InfluentError", "InputError", "NotFittedError", "ConfigMismatchError", "UnsupportedLayerError",
     "NumericalError", "DatasetNotAvailable",
     # stages
-    "compress", "curvature", "solvers", "sampling",
+    "compress", "curvature", "solvers", "sampling", "eval",
 ]
 
 from .attributor import Attributor  # noqa: E402  (needs __version__ above)
