@@ -72,3 +72,16 @@ def test_store_gives_the_same_scores_and_resumes(tmp_path):
         other[0].bias.add_(0.01)
     with pytest.raises(inf.ConfigMismatchError, match="different model"):
         inf.Attributor(other, inf.Task.classification(), **opts).fit((X, Y), store=tmp_path / "g")
+
+
+@pytest.mark.parametrize("compress", [None, Dropout(k=24, seed=2)], ids=["flat", "dropout"])
+def test_scores_stream_from_the_store_when_rows_do_not_fit(tmp_path, compress):
+    model = seeded(_mlp)
+    curvature = "ggn" if compress is not None else "hessian"
+    ref = inf.Attributor(model, inf.Task.classification(), curvature=curvature, damping=0.1,
+                         compress=compress).fit((X, Y))
+    streamed = inf.Attributor(model, inf.Task.classification(), curvature=curvature, damping=0.1, batch_size=16,
+                              compress=compress, cache_bytes=0).fit((X, Y), store=tmp_path / "g")
+    assert streamed.train_grads_ is None and len(streamed.store_.manifest["shards"]) == 3
+    torch.testing.assert_close(streamed.score((XQ, YQ)).values, ref.score((XQ, YQ)).values, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(streamed.self_influence(), ref.self_influence(), rtol=1e-10, atol=1e-12)

@@ -100,6 +100,7 @@ class Attributor:
             self.timings_["solver_fit"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             self.train_examples_, self.train_ids_, self.n_train_ = examples, list(examples.ids), len(examples)
+            self.store_ = None
             self.train_grads_ = self._training_rows(examples, store)
             self.timings_["train_gradients"] = time.perf_counter() - t2
         self.timings_["fit_total"] = time.perf_counter() - t0
@@ -134,9 +135,11 @@ class Attributor:
                                     fingerprint=model_fingerprint(self.model, self.space_))
             fill_store(gs, examples.ids, examples.batches(rows), compute, progress=self.progress)
             self.store_ = gs
-            return gs.read_all().to(self._compute_dtype)
         itemsize = torch.finfo(self._compute_dtype).bits // 8
-        if self.compressor_ is None and self.n_train_ * width * itemsize > self.cache_bytes:
+        too_big = self.n_train_ * width * itemsize > self.cache_bytes
+        if self.store_ is not None:  # scoring streams shards from disk when they do not fit in memory
+            return None if too_big else self.store_.read_all().to(self._compute_dtype)
+        if self.compressor_ is None and too_big:
             return None
         label = "training gradients" if self.compressor_ is None else "compressed training gradients"
         return torch.cat([compute(b) for _, b in track(examples.batches(rows), -(-len(examples) // rows),
@@ -160,12 +163,15 @@ class Attributor:
 
     def _factored(self) -> bool:
         """Score from Linear-layer factors: when the model fits and gradients are not cached."""
-        return self.train_grads_ is None and getattr(self, "factor_layers_", None) is not None
+        return (self.train_grads_ is None and getattr(self, "store_", None) is None
+                and getattr(self, "compressor_", None) is None and getattr(self, "factor_layers_", None) is not None)
 
     def _train_blocks(self):
         if self.train_grads_ is not None:
             rows = self._rows()
             return ((o, self.train_grads_[o: o + rows]) for o in range(0, self.n_train_, rows))
+        if getattr(self, "store_", None) is not None:
+            return ((o, rows.to(self._compute_dtype)) for o, rows in self.store_.blocks())
         return gradient_blocks(self.fn_, self.train_examples_, self._rows(), progress=self.progress,
                                label="training gradients")
 
