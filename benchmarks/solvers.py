@@ -41,7 +41,7 @@ def warm_up() -> None:
 
     import influent as inf
 
-    m = torch.nn.Linear(2, 2)
+    m = torch.nn.Linear(2, 2).eval()
     inf.Attributor(m, inf.Task.classification()).fit((torch.randn(3, 2), torch.tensor([0, 1, 0]))).score(
         (torch.randn(1, 2), torch.tensor([1])))
 
