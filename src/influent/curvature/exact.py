@@ -5,9 +5,12 @@ of (1/n) Σ ℓ_i whatever the batch size. Blocks of vectors are pushed through 
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, linearize, vjp, vmap
+from torch.func import grad, jvp, vjp, vmap
+from torch.func import linearize as _torch_linearize
 
 from ..errors import InputError
 from ..grads import ModelFunction
@@ -17,6 +20,13 @@ from .operator import LinearOperator
 
 VMAP_CHUNK = 32           # vectors per vmapped product: small blocks stay in cache
 LINEARIZE_MAX_EXAMPLES = 8192  # cache linearised products (primal saved once) up to this many examples
+
+
+def linearize(f, params):
+    """torch.func.linearize without the harmless torch.fx const-folding warning it prints."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+        return _torch_linearize(f, params)
 
 
 class _BatchedCurvature(LinearOperator):
