@@ -17,7 +17,6 @@ from .progress import track
 from .scores import StreamingTopK
 from .solvers.base import Solver
 
-GradBlocks = Callable[[], Iterable[tuple[int, Tensor]]]  # yields (offset, [b, P]) blocks
 
 
 def block_rows(n_params: int, itemsize: int, batch_size: int, budget_bytes: int = 256 * 2**20) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..curvature.operator import LinearOperator
