@@ -85,3 +85,17 @@ def test_scores_stream_from_the_store_when_rows_do_not_fit(tmp_path, compress):
     assert streamed.train_grads_ is None and len(streamed.store_.manifest["shards"]) == 3
     torch.testing.assert_close(streamed.score((XQ, YQ)).values, ref.score((XQ, YQ)).values, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(streamed.self_influence(), ref.self_influence(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_saved_compressed_attributor_scores_from_the_store_alone(tmp_path, solver):
+    model = seeded(_mlp)
+    attr = inf.Attributor(model, inf.Task.classification(), curvature="ggn", solver=solver, damping=0.1,
+                          compress=Dropout(k=24, level="neuron", seed=2)).fit((X, Y), store=tmp_path / "g")
+    attr.save(tmp_path / "a.pt")
+    state = torch.load(tmp_path / "a.pt", weights_only=False)
+    assert state["train"] is None and state["train_grads"] is None  # no training data in the file
+    again = inf.Attributor.load(tmp_path / "a.pt", model, inf.Task.classification())
+    assert again.train_ids_ == list(range(40))
+    torch.testing.assert_close(again.score((XQ, YQ)).values, attr.score((XQ, YQ)).values, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(again.self_influence(), attr.self_influence(), rtol=1e-9, atol=1e-11)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .curvature import CURVATURES, make_curvature
+from .curvature import CURVATURES, DenseOperator, make_curvature
 from .errors import ConfigMismatchError, InputError, NotFittedError
 from .grads import ModelFunction, check_batch, eval_mode
 from .inputs import Examples, as_examples
@@ -282,12 +282,20 @@ class Attributor:
                 "batch_size": self.batch_size, "seed": self.seed, "task": self.task.describe()}
 
     def save(self, path: str | Path) -> None:
-        """Save the fitted state (config, model fingerprint, gradients, solver state) to one file."""
+        """Save the fitted state (config, model fingerprint, gradients, solver state) to one file.
+
+        A compressed attributor fitted with `store=` saves its k × k curvature and a pointer to the
+        store instead of the training data: `load` then scores new queries from the store alone.
+        """
         self._check_fitted()
+        from_store = self.store_ is not None and self.compressor_ is not None
         state = {"influent": __version__, "config": self._config(), "fingerprint": model_fingerprint(self.model, self.space_),
-                 "space": list(self.space_.names), "train": self.train_examples_, "curvature_ids": self.curvature_ids_,
-                 "train_grads": self.train_grads_, "solver": self.solver_.state_dict(), "solver_object": self.solver,
-                 "compressor": self.compressor_}
+                 "space": list(self.space_.names), "curvature_ids": self.curvature_ids_,
+                 "train": None if from_store else self.train_examples_,
+                 "train_grads": None if from_store else self.train_grads_,
+                 "store": str(self.store_.path) if from_store else None,
+                 "curvature_matrix": self.curvature_.dense() if from_store else None,
+                 "solver": self.solver_.state_dict(), "solver_object": self.solver, "compressor": self.compressor_}
         torch.save(state, Path(path))
 
     @classmethod
@@ -304,15 +312,20 @@ class Attributor:
         with eval_mode(model):
             attr.fn_ = ModelFunction(model, task, attr.space_)
             attr.factor_layers_ = plan_factors(model, attr.space_)
-            attr.compressor_ = state.get("compressor")
-            examples: Examples = state["train"]
-            pos = {i: j for j, i in enumerate(examples.ids)}
-            curv_set = examples.subset([pos[i] for i in state["curvature_ids"]])
-            attr.curvature_ = attr._make_curvature(curv_set)
+            attr.compressor_, attr.store_ = state.get("compressor"), None
+            examples: Examples | None = state["train"]
+            if examples is None:  # scored from the gradient store: no training data needed
+                attr.store_ = GradientStore.open(state["store"], fingerprint=state["fingerprint"])
+                attr.curvature_ = DenseOperator(state["curvature_matrix"])
+                train_ids = attr.store_.ids
+            else:
+                pos = {i: j for j, i in enumerate(examples.ids)}
+                attr.curvature_ = attr._make_curvature(examples.subset([pos[i] for i in state["curvature_ids"]]))
+                train_ids = list(examples.ids)
             attr.solver_ = make_solver(state["solver_object"], curvature_name=str(cfg["curvature"]),
                                        size=attr.curvature_.size, seed=attr.seed)
             attr.solver_.load_state_dict(state["solver"], attr.curvature_, attr.damping)
-        attr.train_examples_, attr.train_ids_, attr.n_train_ = examples, list(examples.ids), len(examples)
+        attr.train_examples_, attr.train_ids_, attr.n_train_ = examples, train_ids, len(train_ids)
         attr.curvature_ids_, attr.train_grads_, attr.timings_ = state["curvature_ids"], state["train_grads"], {}
         return attr
 
