@@ -19,7 +19,7 @@ from .factors import FactorLayer, NotFactorable, factor_batch
 from .grads import ModelFunction, _unsqueeze
 from .inputs import Examples
 from .progress import track
-from .task import batch_size_of, example_uniforms
+from .task import batch_size_of, sampled_output_grads
 
 COMPRESSED_CURVATURES = ("ggn", "fisher", "empirical_fisher", "identity")
 
@@ -58,12 +58,10 @@ def _output_vectors(kind: str, fn: ModelFunction, batch, start: int, seed: int) 
     """The output-space vectors whose pseudo-gradients' outer products average to the curvature."""
     with torch.no_grad():
         out = fn.outputs(fn.params, batch)
-    B, C = out.shape[0], out[0].numel()
     if kind == "fisher":
-        u = example_uniforms(seed * 1009, start, start + B, C)
-        return [fn.task.sampled_output_grad(out, batch, u).reshape(B, -1)]
+        return [sampled_output_grads(fn.task, out, batch, seed, start)]
     L = fn.task.output_hessian_sqrt(out, batch)  # GGN: H_out = L Lᵀ, one vector per column of L
-    return [L[..., j].reshape(B, -1) for j in range(L.shape[-1])]
+    return [L[..., j].reshape(out.shape[0], -1) for j in range(L.shape[-1])]
 
 
 def compressed_curvature(kind: str, fn: ModelFunction, compressor, layers, examples: Examples,

@@ -77,6 +77,18 @@ def example_uniforms(seed: int, start: int, stop: int, width: int) -> Tensor:
     return torch.rand(stop, width, generator=g, dtype=torch.float64)[start:stop]
 
 
+def sampled_output_grads(task: "Task", outputs: Tensor, batch: Batch, seed: int, start: int,
+                         sample: int = 0) -> Tensor:
+    """The task's output gradient at labels sampled from the model for examples start.., [B, C].
+
+    The one place where the seed becomes per-example uniforms, so the true Fisher, K-FAC's
+    sampled Fisher and the compressed Fisher draw the same labels for the same seed.
+    """
+    B, C = outputs.shape[0], outputs[0].numel()
+    u = example_uniforms(seed * 1009 + sample, start, start + B, C)
+    return task.sampled_output_grad(outputs, batch, u).reshape(B, -1)
+
+
 def _ce_sampled_grad(outputs: Tensor, batch: Batch, uniforms: Tensor) -> Tensor:
     """d loss / d logits at a label drawn from the model (inverse CDF of u): p − e_ỹ, [B, C]."""
     p = torch.softmax(outputs.detach(), dim=-1)

@@ -15,7 +15,7 @@ from torch.func import linearize as _torch_linearize
 from ..errors import InputError
 from ..grads import ModelFunction
 from ..inputs import Examples
-from ..task import batch_size_of, example_uniforms
+from ..task import batch_size_of, sampled_output_grads
 from .operator import LinearOperator
 
 VMAP_CHUNK = 32           # vectors per vmapped product: small blocks stay in cache
@@ -211,10 +211,8 @@ class Fisher(_OuterProductCurvature):
         start = sum(batch_size_of(b) for b in self.batches[:i])
         with torch.no_grad():
             out = self.fn.outputs(self.fn.params, batch)
-            B, C = out.shape[0], out[0].numel()
-            return torch.stack([
-                self.fn.task.sampled_output_grad(out, batch, example_uniforms(self.seed * 1009 + s, start, start + B, C))
-                .reshape(B, -1) for s in range(self.n_samples)])
+            return torch.stack([sampled_output_grads(self.fn.task, out, batch, self.seed, start, sample=s)
+                                for s in range(self.n_samples)])
 
 
 class EmpiricalFisher(_BatchedCurvature):

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..errors import InputError, NumericalError, UnsupportedLayerError
 from ..grads import ModelFunction, eval_mode
 from ..inputs import Examples
-from ..task import batch_size_of, example_uniforms
+from ..task import batch_size_of, sampled_output_grads
 from .operator import LinearOperator
 
 FISHER_TYPES = ("ggn", "sampled", "empirical")
@@ -178,8 +178,7 @@ class KFAC(LinearOperator):
                         pseudo = [L[..., r].reshape(root.shape) for r in range(L.shape[-1])]
                     else:
                         start = i * self.batch_size  # batches are contiguous slices
-                        u = example_uniforms(self.seed * 1009, start, start + B, root[0].numel())
-                        pseudo = [task.sampled_output_grad(root.detach(), batch, u).reshape(root.shape)]
+                        pseudo = [sampled_output_grads(task, root.detach(), batch, self.seed, start).reshape(root.shape)]
         finally:
             for h in hooks:
                 h.remove()
