@@ -111,7 +111,7 @@ class Attributor:
         if compressor is None:
             return None
         sample = None
-        if "PCA" in repr(compressor):  # PCA learns its map from a sample of training gradients
+        if compressor.needs_samples:  # e.g. PCA learns its map from a sample of training gradients
             n = min(len(examples), max(4 * int(getattr(compressor, "k", 0) or 0), 256))
             sample = all_gradients(self.fn_, examples.subset(range(n)), self._rows(), label="PCA sample")
         return compressor.fit(self.space_, sample, layers=self.factor_layers_)

@@ -91,6 +91,7 @@ class Compressor:
 
     name = "compressor"
     factored = False  # True when apply_factors never forms the [B, P] gradients
+    needs_samples = False  # True when fit learns the map from sample gradients (PCA)
 
     def __init__(self, k: int, seed: int = 0) -> None:
         self.k, self.seed = k, seed
@@ -197,6 +198,10 @@ class Chain(Compressor):
     @property
     def factored(self) -> bool:  # type: ignore[override]
         return self.parts[0].factored
+
+    @property
+    def needs_samples(self) -> bool:  # type: ignore[override]
+        return any(p.needs_samples for p in self.parts)
 
     def fit(self, space: ParamSpace | int, sample_grads: Tensor | None = None, *,
             layers: list[FactorLayer] | None = None) -> "Chain":

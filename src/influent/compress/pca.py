@@ -30,6 +30,8 @@ class PCA(Compressor):
         torch.Size([3, 2])
     """
 
+    needs_samples = True
+
     name = "pca"
 
     def __init__(self, k: int, seed: int = 0, method: str = "auto") -> None:
