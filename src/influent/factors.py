@@ -98,14 +98,17 @@ def factor_blocks(fn: ModelFunction, layers: list[FactorLayer], examples: Exampl
 
 def flatten_factors(layers: list[FactorLayer], space: ParamSpace, factors: Factors) -> Tensor:
     """Full flat gradients [B, P] from factors (for the few query gradients a solver needs)."""
-    pieces: dict[str, Tensor] = {}
-    for l, (A, D) in zip(layers, factors):
-        G = D[:, :, None] * A[:, None, :]  # [B, out, d_a]
+    A0 = factors[0][0]
+    out = A0.new_empty(A0.shape[0], space.numel)
+    slots = dict(zip(space.names, zip(space.offsets, space.sizes)))
+    for l, (A, D) in zip(layers, factors):  # outer products written straight into their slots
         if l.weight:
-            pieces[l.weight] = G[..., : l.d_in]
+            off, size = slots[l.weight]
+            torch.mul(D[:, :, None], A[:, None, : l.d_in], out=out[:, off: off + size].view(-1, l.out, l.d_in))
         if l.bias:
-            pieces[l.bias] = G[..., -1]
-    return space.flatten(pieces, batch_dims=1)
+            off, size = slots[l.bias]
+            torch.mul(D, A[:, -1:], out=out[:, off: off + size])  # bias column of A (ones from factor_batch)
+    return out
 
 
 def layer_matrices(layers: list[FactorLayer], space: ParamSpace, flat: Tensor) -> list[Tensor]:

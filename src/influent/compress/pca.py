@@ -30,9 +30,8 @@ class PCA(Compressor):
         torch.Size([3, 2])
     """
 
-    needs_samples = True
-
     name = "pca"
+    needs_samples = True
 
     def __init__(self, k: int, seed: int = 0, method: str = "auto") -> None:
         super().__init__(k, seed)
