@@ -163,14 +163,14 @@ class Attributor:
 
     def _factored(self) -> bool:
         """Score from Linear-layer factors: when the model fits and gradients are not cached."""
-        return (self.train_grads_ is None and getattr(self, "store_", None) is None
-                and getattr(self, "compressor_", None) is None and getattr(self, "factor_layers_", None) is not None)
+        return (self.train_grads_ is None and self.store_ is None and self.compressor_ is None
+                and self.factor_layers_ is not None)
 
     def _train_blocks(self):
         if self.train_grads_ is not None:
             rows = self._rows()
             return ((o, self.train_grads_[o: o + rows]) for o in range(0, self.n_train_, rows))
-        if getattr(self, "store_", None) is not None:
+        if self.store_ is not None:
             return ((o, rows.to(self._compute_dtype)) for o, rows in self.store_.blocks())
         return gradient_blocks(self.fn_, self.train_examples_, self._rows(), progress=self.progress,
                                label="training gradients")
