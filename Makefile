@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: install  ## the whole suite (slow and GPU checks are skipped by default)
 
 bench: install  ## solver × curvature benchmark (writes benchmarks/results/solvers.{json,md})
 	$(PY) benchmarks/solvers.py
+
+data:  ## full MNIST + Fashion-MNIST into .cache/influent-data (or $$INFLUENT_DATA), checked against SHA256SUMS
+	scripts/fetch_data.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

