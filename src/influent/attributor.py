@@ -273,6 +273,26 @@ class Attributor:
                                       for _, f in blocks])
             return self_scores(self.solver_, self._train_blocks(), self.n_train_)
 
+    def summed_score(self, query: Any, ids: Sequence | None = None) -> Tensor:
+        """(n_train,) Σ_q score[q, i] over a query set with one solve: aggregate influence on that set."""
+        self._check_fitted()
+        examples = self._examples(query, ids, "query")
+        with eval_mode(self.model):
+            check_batch(self.fn_, examples.data, "query")
+            if self.compressor_ is not None:
+                q = compressed_rows(self.fn_, self.compressor_, self.factor_layers_, examples.data, query=True).sum(0)
+            else:
+                q = sum(g.sum(0) for _, g in gradient_blocks(self.fn_, examples, self._rows(), query=True))
+            pq = precondition(self.solver_, q[None])
+            return score_matrix(lambda G: pq @ G.T, self._train_blocks(), self.n_train_)[0].detach()
+
+    def inverse_grad_norms(self) -> Tensor:
+        """(n_train,) ‖(H + λI)⁻¹ g_i‖, the θ-relative (RelatIF) normaliser, one block of solves at a time."""
+        self._check_fitted()
+        with eval_mode(self.model):
+            return score_matrix(lambda G: precondition(self.solver_, G).norm(dim=1)[None], self._train_blocks(),
+                                self.n_train_)[0].detach()
+
     # ----- persistence ----------------------------------------------------------------------
     def _config(self) -> dict:
         def name(x: Any) -> Any:
