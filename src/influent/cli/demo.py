@@ -1,57 +1,105 @@
-"""The first demo: sklearn digits, an MLP trained to optimum, exact-Hessian influence."""
+"""`influent demo`: train a small classifier on an installed data set, attribute a few test predictions, write the report."""
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
-from rich.console import Console
-from rich.table import Table
 
-from ..attributor import Attributor
-from ..data import load_digits, split
+from ..data import load_digits, load_fashion_mnist, load_mnist, split
 from ..errors import InputError
-from ..progress import stage
+from ..eval.mislabel import flip_labels
+from ..report import Stages, explain
 from ..task import Task
 from ..train import fit_lbfgs, mlp
 
-WEIGHT_DECAY = 1e-3
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
-def run_demo(console: Console, n_train: int = 1000, n_queries: int = 4, top: int = 3, progress: bool = True) -> dict:
-    """Train, attribute, print; returns the numbers it printed (for tests)."""
+def _digits(n_train: int, n_pool: int) -> tuple:
     X, y = load_digits(torch.float64)
-    if not 10 <= n_train <= X.shape[0] - n_queries:
-        raise InputError(f"--n-train must be between 10 and {X.shape[0] - n_queries} (digits has {X.shape[0]} images)")
+    if not 10 <= n_train <= X.shape[0] - n_pool // 4:
+        raise InputError(f"--n-train must be between 10 and {X.shape[0] - n_pool // 4} (digits has {X.shape[0]} images)")
+    return split(X, y, n_train, min(n_pool, X.shape[0] - n_train), seed=0)
+
+
+def _idx(loader: Callable) -> Callable:
+    def load(n_train: int, n_pool: int) -> tuple:
+        Xtr, ytr = loader("train", torch.float64)
+        Xte, yte = loader("test", torch.float64)
+        if not 10 <= n_train <= Xtr.shape[0]:
+            raise InputError(f"--n-train must be between 10 and {Xtr.shape[0]}")
+        g = torch.Generator().manual_seed(0)
+        tr = torch.randperm(Xtr.shape[0], generator=g)[:n_train]
+        te = torch.randperm(Xte.shape[0], generator=g)[:n_pool]
+        return Xtr[tr].flatten(1), ytr[tr], Xte[te].flatten(1), yte[te]
+    return load
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A demo set: how to load it, how big a model, which curvature and solver."""
+
+    load: Callable[[int, int], tuple]
+    n_train: int
+    hidden: int
+    attributor: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    weight_decay: float = 1e-3
+
+
+def _arnoldi() -> Any:
+    from ..solvers import Arnoldi
+    return Arnoldi(rank=40, iterations=80)
+
+
+DEMOS: dict[str, Demo] = {
+    "digits": Demo(_digits, 1000, 32, {"curvature": "hessian", "solver": "direct"}),
+    "mnist": Demo(_idx(load_mnist), 2000, 32, {"curvature": "ggn", "solver": "arnoldi"}),
+    "fashion-mnist": Demo(_idx(load_fashion_mnist), 2000, 32, {"curvature": "ggn", "solver": "arnoldi"}, FASHION),
+}
+
+
+def pick_queries(pred: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to half misclassified test points (the interesting ones), the rest correct, in test-set order."""
+    wrong, right = (pred != y).nonzero().flatten(), (pred == y).nonzero().flatten()
+    n_wrong = min(len(wrong), n // 2)
+    return torch.cat([wrong[:n_wrong], right[: n - n_wrong]])
+
+
+def run_demo(data: str = "digits", out: str | Path | None = None, n_train: int | None = None, n_queries: int = 6,
+             top: int = 5, flip: float = 0.0, progress: bool = True, say: Callable[[str], None] = print) -> Path:
+    """Train, attribute, write the report; returns the report's path."""
+    if data not in DEMOS:
+        raise InputError(f"unknown demo data {data!r}; choose one of {', '.join(DEMOS)}")
     if n_queries < 1 or top < 1:
         raise InputError("--n-queries and --top must be at least 1")
-    Xtr, ytr, Xte, yte = split(X, y, n_train, n_queries, seed=0)
+    demo = DEMOS[data]
+    n_train = n_train or demo.n_train
+    stages = Stages(progress)
+    with stages(f"loading {data}"):
+        Xtr, ytr, Xte, yte = demo.load(n_train, 400)
+        flagged = None
+        if flip > 0:
+            ytr, flagged = flip_labels(ytr, flip, 10, seed=0)
+    model = mlp([Xtr.shape[1], demo.hidden, 10], dtype=torch.float64, seed=0)
     task = Task.classification()
-    model = mlp([64, 32, 10], dtype=torch.float64, seed=0)
-    t0 = time.perf_counter()
-    with stage("training the digits MLP (L-BFGS, weight decay 1e-3)", progress):
-        grad_norm = fit_lbfgs(model, task, (Xtr, ytr), weight_decay=WEIGHT_DECAY, max_iter=1500, tol=1e-8)
-    acc = float((model(Xte).argmax(1) == yte).double().mean()) if n_queries else float("nan")
-    console.print(f"trained 64→32→10 MLP on {n_train} digits in {time.perf_counter() - t0:.1f} s "
-                  f"(‖∇R‖ = {grad_norm:.1e})")
-    t1 = time.perf_counter()
-    attr = Attributor(model, task, curvature="hessian", solver="direct", damping=WEIGHT_DECAY, progress=progress)
-    attr.fit((Xtr, ytr))
-    scores = attr.score((Xte, yte))
-    console.print(f"exact-Hessian influence, {n_queries} queries × {n_train} training examples, "
-                  f"in {time.perf_counter() - t1:.1f} s (positive = helpful)")
+    with stages(f"training a {Xtr.shape[1]}→{demo.hidden}→10 MLP (L-BFGS, weight decay {demo.weight_decay:g})"):
+        grad_norm = fit_lbfgs(model, task, (Xtr, ytr), weight_decay=demo.weight_decay, max_iter=1500, tol=1e-8)
     with torch.no_grad():
         pred = model(Xte).argmax(1)
-    for q in range(n_queries):
-        table = Table(title=f"query {q}: label {int(yte[q])}, predicted {int(pred[q])}", title_justify="left")
-        for col in ("", "train id", "label", "score"):
-            table.add_column(col)
-        for name, largest in (("proponent", True), ("opponent", False)):
-            vals, idx = scores.top_k(top, largest=largest)
-            for v, i in zip(vals[q].tolist(), idx[q].tolist()):
-                table.add_row(name, str(scores.train_ids[i]), str(int(ytr[i])), f"{v:+.3g}")
-        console.print(table)
-    si = attr.self_influence()
-    worst = torch.topk(si, 5).indices.tolist()
-    console.print("highest self-influence (unusual or possibly mislabelled): "
-                  + ", ".join(f"#{i} (label {int(ytr[i])})" for i in worst))
-    return {"accuracy": acc, "scores": scores, "self_influence": si}
+    acc = float((pred == yte).double().mean())
+    say(f"trained on {n_train:,} {data} examples: test accuracy {acc:.1%} (‖∇R‖ = {grad_norm:.1e})")
+    q = pick_queries(pred, yte, n_queries)
+    options = dict(demo.attributor, damping=demo.weight_decay)
+    if options["solver"] == "arnoldi":
+        options["solver"] = _arnoldi()
+    out = Path(out or f"influent-report/demo-{data}")
+    title = f"influent demo: {data}, {n_train:,} training examples"
+    config = {"data": data, "n_train": n_train, "n_queries": n_queries, "top": top, "flip": flip,
+              "model": f"MLP {Xtr.shape[1]}→{demo.hidden}→10 tanh, float64, L-BFGS", "test_accuracy": round(acc, 4),
+              "attributor": {k: (v if isinstance(v, (str, int, float)) else repr(v)) for k, v in options.items()}}
+    return explain(model, task, (Xtr, ytr), (Xte[q], yte[q]), out, attributor=options, query_ids=q.tolist(),
+                   class_names=demo.class_names, flagged=flagged, top=top, title=title, config=config,
+                   progress=progress, stages=stages)
