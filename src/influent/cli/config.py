@@ -60,8 +60,8 @@ def check_keys(table: Mapping[str, Any], valid: Iterable[str], where: str, sourc
             guess = closest(key, valid)
             hint = f"; did you mean {guess!r}?" if guess else ""
             section = f" in [{where.rstrip('.')}]" if where else " at the top level"
-            raise ConfigError(f"unknown key {where + key!r} in {source}{hint} (valid keys{section}: "
-                              f"{', '.join(valid)})")
+            listing = f"valid keys{section}: {', '.join(valid)}" if valid else f"no keys are valid{section}"
+            raise ConfigError(f"unknown key {where + key!r} in {source}{hint} ({listing})")
 
 
 def _solver(spec: Any, source: str) -> Any:

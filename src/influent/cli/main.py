@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import DatasetNotAvailable, InfluentError, NumericalError
 
@@ -39,13 +40,13 @@ def _guarded(job: Callable[[], Path], debug: bool) -> None:
             raise
         for cls, code, hint in EXIT_CODES:
             if isinstance(e, cls):
-                err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+                err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
                 err.print(f"[dim]hint: {hint}[/dim]", soft_wrap=True)
                 raise typer.Exit(code)
-        err.print(f"[red]unexpected error:[/red] {type(e).__name__}: {e}", soft_wrap=True)
+        err.print(f"[red]unexpected error:[/red] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
         err.print("[dim]hint: rerun with --debug for the traceback; please report it if it looks like a bug[/dim]")
         raise typer.Exit(1)
-    out.print(f"report: {path.resolve()}", soft_wrap=True)
+    out.print(f"report: {escape(str(path.resolve()))}", soft_wrap=True)
 
 
 @app.command()

@@ -61,7 +61,7 @@ def as_image(x: Any, shape: Sequence[int] | None = None) -> np.ndarray | None:
         a = a.reshape(side, side)
     if a.dim() == 3 and a.shape[0] in (1, 3):
         a = a[0] if a.shape[0] == 1 else a.permute(1, 2, 0)
-    if a.dim() not in (2, 3):
+    if a.dim() not in (2, 3) or (a.dim() == 3 and a.shape[2] != 3):
         return None
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 or hi > 1:  # normalised inputs: stretch to [0, 1] for display
