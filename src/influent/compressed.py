@@ -29,7 +29,7 @@ def compressed_rows(fn: ModelFunction, compressor, layers: list[FactorLayer] | N
     """C(g) for every example of a batch: from Linear-layer factors when the compressor can, else flat."""
     if layers is not None and getattr(compressor, "factored", False):
         try:
-            return compressor.apply_factors(layers, factor_batch(fn, layers, batch, query))
+            return compressor.apply_factors(layers, factor_batch(fn, layers, batch, query, sequence=True))
         except NotFactorable:
             pass
     return compressor.apply(fn.per_example_grads(batch, query=query))

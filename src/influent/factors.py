@@ -4,7 +4,10 @@ For a Linear layer fed one input row per example, the per-example weight gradien
 product of the output gradient δ_i and the input a_i (with a 1 appended for the bias). Scoring
 with factors costs the same multiply-adds as a dense dot product but never writes an
 n × P gradient matrix, and plain gradient similarity reduces to Σ_l (δ_q·δ_i)(a_q·a_i).
-Models or selections this does not fit (convolutions, sequences, other layers) use the dense path.
+transformers' Conv1D (GPT-2's layers: y = x W + b with W [d_in, out]) is a Linear with its weight
+stored transposed. For sequences (inputs [B, T, d]) the gradient is Σ_t δ_{i,t} a_{i,t}ᵀ: a caller
+that can use token factors asks for them with `sequence=True` (the compressors do); scoring here
+needs one row per example. Other models or selections (convolutions, other layers) use the dense path.
 """
 from __future__ import annotations
 
@@ -24,14 +27,15 @@ Factors = list[tuple[Tensor, Tensor]]  # per layer: (A [B, d_a], D [B, out])
 
 @dataclass(frozen=True)
 class FactorLayer:
-    """One nn.Linear: which flat entries its weight and bias occupy."""
+    """One nn.Linear (or transposed Conv1D): which flat entries its weight and bias occupy."""
 
     name: str
-    module: nn.Linear
+    module: nn.Module
     weight: str | None
     bias: str | None
     out: int
     d_in: int
+    transposed: bool = False  # weight stored [d_in, out] (transformers' Conv1D)
 
     @property
     def d_a(self) -> int:
@@ -42,21 +46,37 @@ class NotFactorable(Exception):
     """The model does not fit the one-row-per-example Linear pattern; use dense gradients."""
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a Linear whose weight is stored [d_in, out]; found by name, no import."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int, bool] | None:
+    """(out, d_in, transposed) for a plain Linear or a Conv1D, else None."""
+    if type(module) is nn.Linear:
+        return module.out_features, module.in_features, False
+    if is_conv1d(module):
+        return int(module.weight.shape[1]), int(module.weight.shape[0]), True
+    return None
+
+
 def plan_factors(model: nn.Module, space: ParamSpace) -> list[FactorLayer] | None:
-    """Layers for the factored path, or None when a selected parameter is not a plain Linear's."""
+    """Layers for the factored path, or None when a selected parameter is not a Linear's (or Conv1D's)."""
     layers: dict[str, dict] = {}
     for name in space.names:
         path, _, attr = name.rpartition(".")
         module = model.get_submodule(path) if path else model
-        if type(module) is not nn.Linear or attr not in ("weight", "bias"):
+        if _linear_shape(module) is None or attr not in ("weight", "bias"):
             return None
         layers.setdefault(path, {"module": module})[attr] = name
-    return [FactorLayer(p, d["module"], d.get("weight"), d.get("bias"), d["module"].out_features,
-                        d["module"].in_features) for p, d in layers.items()]
+    return [FactorLayer(p, d["module"], d.get("weight"), d.get("bias"), *_linear_shape(d["module"]))
+            for p, d in layers.items()]
 
 
-def factor_batch(fn: ModelFunction, layers: list[FactorLayer], batch, query: bool = False) -> Factors:
-    """Inputs and output gradients of each layer for every example of a batch (one backward pass)."""
+def factor_batch(fn: ModelFunction, layers: list[FactorLayer], batch, query: bool = False,
+                 sequence: bool = False) -> Factors:
+    """Inputs and output gradients of each layer for every example of a batch (one backward pass):
+    A [B, d_a], D [B, out]; with `sequence=True` and [B, T, d] inputs, token factors A [B, T, d_a], D [B, T, out]."""
     seen: dict[str, list] = {l.name: [] for l in layers}
     hooks = [l.module.register_forward_hook(lambda m, i, o, l=l: seen[l.name].append((i[0], o))) for l in layers]
     try:
@@ -68,7 +88,8 @@ def factor_batch(fn: ModelFunction, layers: list[FactorLayer], batch, query: boo
     B = losses.shape[0]
     for l in layers:
         calls = seen[l.name]
-        if len(calls) != 1 or calls[0][0].dim() != 2 or calls[0][0].shape[0] != B:
+        dims = (2, 3) if sequence else (2,)
+        if len(calls) != 1 or calls[0][0].dim() not in dims or calls[0][0].shape[0] != B:
             raise NotFactorable(l.name)
     outs = [seen[l.name][0][1] for l in layers]
     # per-example losses depend only on their own example (eval mode), so ∂Σℓ/∂z_i = ∂ℓ_i/∂z_i
@@ -80,8 +101,8 @@ def factor_batch(fn: ModelFunction, layers: list[FactorLayer], batch, query: boo
     result = []
     for l, g, out in zip(layers, grads, outs):
         a = seen[l.name][0][0].detach()
-        parts = ([a] if l.weight else []) + ([a.new_ones(B, 1)] if l.bias else [])
-        result.append((torch.cat(parts, 1), torch.zeros_like(out) if g is None else g.detach()))
+        parts = ([a] if l.weight else []) + ([a.new_ones(*a.shape[:-1], 1)] if l.bias else [])
+        result.append((torch.cat(parts, -1), torch.zeros_like(out) if g is None else g.detach()))
     return result
 
 
@@ -104,10 +125,21 @@ def flatten_factors(layers: list[FactorLayer], space: ParamSpace, factors: Facto
     for l, (A, D) in zip(layers, factors):  # outer products written straight into their slots
         if l.weight:
             off, size = slots[l.weight]
-            torch.mul(D[:, :, None], A[:, None, : l.d_in], out=out[:, off: off + size].view(-1, l.out, l.d_in))
+            W = out[:, off: off + size]
+            if A.dim() == 3:  # token factors: Σ_t δ_t a_tᵀ
+                eq = "bti,bto->bio" if l.transposed else "bti,bto->boi"
+                shape = (-1, l.d_in, l.out) if l.transposed else (-1, l.out, l.d_in)
+                W.view(shape).copy_(torch.einsum(eq, A[..., : l.d_in], D))
+            elif l.transposed:
+                torch.mul(A[:, : l.d_in, None], D[:, None, :], out=W.view(-1, l.d_in, l.out))
+            else:
+                torch.mul(D[:, :, None], A[:, None, : l.d_in], out=W.view(-1, l.out, l.d_in))
         if l.bias:
             off, size = slots[l.bias]
-            torch.mul(D, A[:, -1:], out=out[:, off: off + size])  # bias column of A (ones from factor_batch)
+            if A.dim() == 3:
+                out[:, off: off + size] = torch.einsum("bto,bt->bo", D, A[..., -1])
+            else:
+                torch.mul(D, A[:, -1:], out=out[:, off: off + size])  # bias column of A (ones from factor_batch)
     return out
 
 
@@ -116,7 +148,8 @@ def layer_matrices(layers: list[FactorLayer], space: ParamSpace, flat: Tensor) -
     parts = space.unflatten(flat)
     mats = []
     for l in layers:
-        cols = ([parts[l.weight]] if l.weight else []) + ([parts[l.bias][..., None]] if l.bias else [])
+        W = parts[l.weight].transpose(-1, -2) if l.weight and l.transposed else parts.get(l.weight)
+        cols = ([W] if l.weight else []) + ([parts[l.bias][..., None]] if l.bias else [])
         mats.append(torch.cat(cols, -1))
     return mats
 

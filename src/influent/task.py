@@ -67,6 +67,40 @@ def _ce_hessian_sqrt(outputs: Tensor, batch: Batch) -> Tensor:
     return torch.diag_embed(sp) - p[:, :, None] * sp[:, None, :]
 
 
+def _lm_fields(batch: Batch) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(input_ids, attention_mask or None, labels with -100 where a token is not scored) of an LM batch."""
+    if isinstance(batch, dict):
+        if "input_ids" not in batch:
+            raise InputError("a language-modeling batch needs an 'input_ids' key (and optionally "
+                             "'attention_mask' and 'labels' with -100 on tokens that are not scored)")
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        labels = batch.get("labels")
+    else:
+        ids, mask = batch[0], (batch[1] if len(batch) > 1 else None)
+        labels = batch[2] if len(batch) > 2 else None
+    if labels is None:
+        labels = ids if mask is None else ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def _lm_forward(model: Callable, batch: Batch) -> Tensor:
+    """Logits [B, T, V] of a causal LM (a Hugging Face model's `.logits`, or a plain module's output)."""
+    ids, mask, _ = _lm_fields(batch)
+    out = model(input_ids=ids, attention_mask=mask) if mask is not None else model(ids)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _lm_loss(outputs: Tensor, batch: Batch) -> Tensor:
+    """Per-sequence mean next-token cross-entropy over the scored (label ≠ −100) tokens."""
+    _, _, labels = _lm_fields(batch)
+    target = labels[:, 1:]
+    valid = target != -100
+    logits = outputs[:, :-1]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.clamp_min(0).reshape(-1),
+                         reduction="none").view(target.shape)
+    return (ce * valid).sum(1) / valid.sum(1).clamp_min(1)
+
+
 def example_uniforms(seed: int, start: int, stop: int, width: int) -> Tensor:
     """Uniforms in [0, 1) for examples start..stop-1, [B, width], float64.
 
@@ -157,6 +191,13 @@ class Task:
         """Per-example 0.5·‖f(x) − y‖² on (x, y) batches (output Hessian = identity)."""
         return cls(loss=_sq_loss, output_hessian_sqrt=_sq_hessian_sqrt,
                    sampled_output_grad=_sq_sampled_grad, name="regression")
+
+    @classmethod
+    def language_modeling(cls) -> "Task":
+        """Causal LM on token batches: per-sequence mean next-token loss, padding (attention_mask 0)
+        and labels of −100 not scored. Batches: {"input_ids", "attention_mask"?, "labels"?} or a tuple
+        (input_ids, attention_mask?, labels?). Use labels to score only a completion after a prompt."""
+        return cls(loss=_lm_loss, forward=_lm_forward, name="language_modeling")
 
     @classmethod
     def from_callables(cls, train_loss: Callable[[Callable, Batch], Tensor],

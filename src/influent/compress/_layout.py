@@ -1,7 +1,8 @@
 """Where each Linear layer's [W | b] gradient matrix lives in the flat vector, for neuron-level maps.
 
 A layer's per-example gradient is the [out, d_a] matrix D_iᵀ A_i whose columns are the d_in
-weight inputs followed by the bias (column d_in). Blocks come from `plan_factors` layers when
+weight inputs followed by the bias (column d_in); a transposed block (transformers' Conv1D) stores
+its weight [d_in, out] in the flat vector. Blocks come from `plan_factors` layers when
 given, else from the parameter names and shapes alone (a 2-D `.weight`, optionally its `.bias`).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ class LinearBlock:
     d_in: int  # weight columns (0 when the weight is not selected)
     w_offset: int
     b_offset: int
+    transposed: bool = False
 
     @property
     def d_a(self) -> int:
@@ -38,7 +40,7 @@ class LinearBlock:
 
     def flat_index(self, o: Tensor, j: Tensor) -> Tensor:
         """Flat coordinates of entries (o, j) of the [out, d_a] matrix (broadcasting)."""
-        w = self.w_offset + o * self.d_in + j
+        w = self.w_offset + (j * self.out + o if self.transposed else o * self.d_in + j)
         b = self.b_offset + o + 0 * j
         if self.bias is None:
             return w
@@ -51,8 +53,10 @@ class LinearBlock:
         in_b = (idx >= self.b_offset) & (idx < self.b_offset + self.out) if self.bias \
             else torch.zeros_like(idx, dtype=torch.bool)
         rel = idx - self.w_offset
-        o = torch.where(in_w, rel // max(self.d_in, 1), idx - self.b_offset)
-        j = torch.where(in_w, rel % max(self.d_in, 1), torch.full_like(idx, self.d_in))
+        w_o, w_j = (rel % self.out, rel // self.out) if self.transposed else \
+            (rel // max(self.d_in, 1), rel % max(self.d_in, 1))
+        o = torch.where(in_w, w_o, idx - self.b_offset)
+        j = torch.where(in_w, w_j, torch.full_like(idx, self.d_in))
         mask = in_w | in_b
         return mask, o[mask], j[mask]
 
@@ -61,14 +65,16 @@ class LinearBlock:
         B = G.shape[0]
         parts = []
         if self.weight:
-            parts.append(G[:, self.w_offset: self.w_offset + self.out * self.d_in].reshape(B, self.out, self.d_in))
+            W = G[:, self.w_offset: self.w_offset + self.out * self.d_in]
+            parts.append(W.reshape(B, self.d_in, self.out).transpose(1, 2) if self.transposed
+                         else W.reshape(B, self.out, self.d_in))
         if self.bias:
             parts.append(G[:, self.b_offset: self.b_offset + self.out, None])
         return torch.cat(parts, -1)
 
     def matches(self, layer: FactorLayer) -> bool:
-        return (layer.name, layer.weight, layer.bias, layer.out, layer.d_a) == \
-            (self.name, self.weight, self.bias, self.out, self.d_a)
+        return (layer.name, layer.weight, layer.bias, layer.out, layer.d_a, layer.transposed) == \
+            (self.name, self.weight, self.bias, self.out, self.d_a, self.transposed)
 
 
 def _unsupported(what: str, names: list[str]) -> InputError:
@@ -91,7 +97,7 @@ def linear_blocks(space: ParamSpace, layers: list[FactorLayer] | None, what: str
                                      f"{list(space.names)}; use plan_factors on the same selection")
             covered.update(n for n in (l.weight, l.bias) if n)
             blocks.append(LinearBlock(l.name, l.weight, l.bias, l.out, l.d_in if l.weight else 0,
-                                      offset.get(l.weight, 0), offset.get(l.bias, 0)))
+                                      offset.get(l.weight, 0), offset.get(l.bias, 0), l.transposed))
         missing = [n for n in space.names if n not in covered]
         if missing:
             raise _unsupported(what, missing)

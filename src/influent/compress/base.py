@@ -127,15 +127,16 @@ class Compressor:
         return self._apply(G)
 
     def apply_factors(self, layers: list[FactorLayer], factors: Factors) -> Tensor:
-        """Compress per-example Linear-layer factors [(A, D), ...] to [B, k_]."""
+        """Compress per-example Linear-layer factors [(A, D), ...] to [B, k_]; token factors
+        A [B, T, d_a], D [B, T, out] stand for the gradient Σ_t D_tᵀ A_t."""
         self._check_fitted()
         if len(layers) != len(factors):
             raise InputError(f"got {len(factors)} factor pairs for {len(layers)} layers")
         B = None
         for l, (A, D) in zip(layers, factors):
-            if A.dim() != 2 or D.dim() != 2 or A.shape[1] != l.d_a or D.shape[1] != l.out or A.shape[0] != D.shape[0]:
-                raise InputError(f"factors of layer {l.name!r} must be A [B, {l.d_a}], D [B, {l.out}]; got "
-                                 f"{tuple(A.shape)}, {tuple(D.shape)}")
+            if A.dim() not in (2, 3) or A.shape[:-1] != D.shape[:-1] or A.shape[-1] != l.d_a or D.shape[-1] != l.out:
+                raise InputError(f"factors of layer {l.name!r} must be A [B, {l.d_a}], D [B, {l.out}] (or with a "
+                                 f"token axis [B, T, ·]); got {tuple(A.shape)}, {tuple(D.shape)}")
             if B is not None and A.shape[0] != B:
                 raise InputError("all layers' factors must have the same number of examples")
             B = A.shape[0]

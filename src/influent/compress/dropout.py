@@ -108,7 +108,10 @@ class Dropout(Compressor):
             parts = []
             for b, (A, D) in zip(self._blocks, factors):
                 O, I = (t.to(A.device) for t in self.kept_[b.name])
-                Z = (D[:, O, None] * A[:, None, I]).reshape(A.shape[0], -1)
+                if A.dim() == 3:  # tokens: Σ_t D[t, O] A[t, I]ᵀ, only the kept rows and columns
+                    Z = torch.einsum("bto,bti->boi", D[..., O], A[..., I]).reshape(A.shape[0], -1)
+                else:
+                    Z = (D[:, O, None] * A[:, None, I]).reshape(A.shape[0], -1)
                 s = self.layer_scales_[b.name]
                 parts.append(Z if s == 1.0 else Z * s)
             return torch.cat(parts, 1)
@@ -116,7 +119,7 @@ class Dropout(Compressor):
         out = A0.new_empty(A0.shape[0], self.k_)
         for pos, o, j, (A, D) in zip(*self._element_coords(layers), factors):
             pos, o, j = pos.to(A.device), o.to(A.device), j.to(A.device)
-            out[:, pos] = D[:, o] * A[:, j]
+            out[:, pos] = (D[..., o] * A[..., j]).sum(1) if A.dim() == 3 else D[:, o] * A[:, j]
         return out if self.scale_ == 1.0 else out * self.scale_
 
     def _element_coords(self, layers: list[FactorLayer]) -> tuple[list, list, list]:

@@ -153,7 +153,10 @@ class FactoredGaussian(Compressor):
         parts = []
         for b, (A, D) in zip(self._blocks, factors):
             PD, PA = (t.to(A.device, A.dtype) for t in self.maps_[b.name])
-            Z = (D @ PD)[:, :, None] * (A @ PA)[:, None, :]
+            if A.dim() == 3:  # tokens: Σ_t (D_t Φ_D)ᵀ (A_t Φ_A)
+                Z = torch.einsum("btd,bta->bda", D @ PD, A @ PA)
+            else:
+                Z = (D @ PD)[:, :, None] * (A @ PA)[:, None, :]
             parts.append(Z.reshape(A.shape[0], -1) * self.layer_scales_[b.name])
         return torch.cat(parts, 1)
 
