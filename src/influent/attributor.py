@@ -244,7 +244,7 @@ class Attributor:
         score_block, blocks, qids = self._block_scorer(query, ids)
         with eval_mode(self.model):
             values = score_matrix(score_block, blocks, self.n_train_)
-        return Scores(values, qids, list(self.train_ids_), self._meta())
+        return Scores(values.detach(), qids, list(self.train_ids_), self._meta())
 
     def top_k(self, query: Any, k: int, ids: Sequence | None = None, largest: bool = True) -> tuple[Tensor, Tensor]:
         """(values, indices) of the k largest scores per query, streamed over training blocks."""
