@@ -136,44 +136,62 @@ def prune(model: nn.Module, train: Any, val: Any, *, task: Task | None = None, e
     rounds_at = schedule(epochs, every, warmup)
     if counts is not None and len(counts) != len(rounds_at):
         raise InputError(f"counts has {len(counts)} entries but there are {len(rounds_at)} rounds at epochs {rounds_at}")
+    plan = _Plan(rounds_at, budget_round, budget_total, labels, per_class)
     with torch.random.fork_rng():  # a seeded global state for models with dropout, restored afterwards
         torch.manual_seed(seed)
-        return _run(model, task, examples, val, rounds_at, budget_round, budget_total, labels, per_class, select,
-                    counts, params, curvature, damping, weight_decay, lr, batch_size, seed, progress, epochs)
+        return _run(model, task, examples, val, plan, select=select, counts=counts, params=params,
+                    curvature=curvature, damping=damping, weight_decay=weight_decay, lr=lr, batch_size=batch_size,
+                    seed=seed, progress=progress, epochs=epochs)
 
 
-def _run(model, task, examples, val, rounds_at, budget_round, budget_total, labels, per_class, select, counts,
-         params, curvature, damping, weight_decay, lr, batch_size, seed, progress, epochs) -> PruningResult:
-    n = len(examples)
+@dataclass(frozen=True)
+class _Plan:
+    """When rounds run and how much each may remove (validated in `prune`)."""
+
+    rounds_at: list[int]
+    budget_round: int
+    budget_total: int
+    labels: Tensor | None
+    per_class: dict[int, int] | None
+
+
+def _influence_order(net: nn.Module, task: Task, data: Any, live: Tensor, val: Any, params: Any, curvature: str,
+                     damping: float, seed: int) -> Tensor:
+    """Live positions with negative mean validation influence, most harmful first."""
+    pos = live.nonzero().flatten()
+    attr = Attributor(net, task, params=params, curvature=curvature, solver="direct", damping=damping,
+                      seed=seed).fit(index_batch(data, pos))
+    aggregate = torch.zeros(live.numel(), dtype=torch.float64)
+    aggregate[pos] = attr.summed_score(val).double() / len(as_examples(val))
+    return _harmful_order(aggregate, live)
+
+
+def _run(model: nn.Module, task: Task, examples: Any, val: Any, plan: _Plan, *, select: str,
+         counts: Sequence[int] | None, params: Any, curvature: str, damping: float, weight_decay: float, lr: float,
+         batch_size: int, seed: int, progress: bool, epochs: int) -> PruningResult:
     net = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(int(seed))
     pick = torch.Generator().manual_seed(int(seed) + 7919)  # random removal draws from its own stream
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
-    live = torch.ones(n, dtype=torch.bool)
-    removed, rounds, passes, done, total_left = [], [], 0, 0, budget_total
+    live = torch.ones(len(examples), dtype=torch.bool)
+    per_class = dict(plan.per_class) if plan.per_class is not None else None
+    removed, rounds, passes, done, total_left = [], [], 0, 0, plan.budget_total
     with Bar(epochs, "pruning", progress) as bar:
-        for r, at in enumerate(rounds_at + [epochs]):
+        for r, at in enumerate(plan.rounds_at + [epochs]):
             passes += train_epochs(net, task, examples.data, live, at - done, opt, gen, batch_size, weight_decay)
             bar.advance(at - done, note=f"{int(live.sum())} kept")
             done = at
             if at == epochs or select == "none":
                 continue
-            budget = min(budget_round, total_left)
+            budget = min(plan.budget_round, total_left)
             if select == "influence":
-                pos = live.nonzero().flatten()
-                attr = Attributor(net, task, params=params, curvature=curvature, solver="direct", damping=damping,
-                                  seed=seed).fit(index_batch(examples.data, pos))
-                aggregate = torch.zeros(n, dtype=torch.float64)
-                aggregate[pos] = attr.summed_score(val).double() / len(as_examples(val))
-                order = _harmful_order(aggregate, live)
-                gone = _apply_caps(order, budget, labels, per_class)
+                order = _influence_order(net, task, examples.data, live, val, params, curvature, damping, seed)
                 n_harmful = int(order.numel())
             else:
                 pos = live.nonzero().flatten()
-                want = min(int(counts[r]), int(pos.numel()) - 1) if counts is not None else budget
-                order = pos[torch.randperm(pos.numel(), generator=pick)]
-                gone = _apply_caps(order, want, labels, per_class)
-                n_harmful = -1
+                budget = min(int(counts[r]), int(pos.numel()) - 1) if counts is not None else budget
+                order, n_harmful = pos[torch.randperm(pos.numel(), generator=pick)], -1
+            gone = _apply_caps(order, budget, plan.labels, per_class)
             live[gone] = False
             total_left -= int(gone.numel())
             removed.append(gone)
