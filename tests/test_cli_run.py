@@ -51,6 +51,15 @@ scores_format = "npy"
 '''
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def invoke(*args):
     return CliRunner().invoke(app, [*map(str, args)])
 

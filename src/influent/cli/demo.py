@@ -69,23 +69,25 @@ def pick_queries(pred: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def run_demo(data: str = "digits", out: str | Path | None = None, n_train: int | None = None, n_queries: int = 6,
-             top: int = 5, flip: float = 0.0, progress: bool = True, say: Callable[[str], None] = print) -> Path:
+             top: int = 5, flip: float = 0.0, hidden: int | None = None, progress: bool = True,
+             say: Callable[[str], None] = print) -> Path:
     """Train, attribute, write the report; returns the report's path."""
     if data not in DEMOS:
         raise InputError(f"unknown demo data {data!r}; choose one of {', '.join(DEMOS)}")
-    if n_queries < 1 or top < 1:
-        raise InputError("--n-queries and --top must be at least 1")
+    if n_queries < 1 or top < 1 or (hidden is not None and hidden < 1):
+        raise InputError("--n-queries, --top and --hidden must be at least 1")
     demo = DEMOS[data]
-    n_train = n_train or demo.n_train
+    n_train = demo.n_train if n_train is None else n_train
+    hidden = demo.hidden if hidden is None else hidden
     stages = Stages(progress)
     with stages(f"loading {data}"):
         Xtr, ytr, Xte, yte = demo.load(n_train, 400)
         flagged = None
         if flip > 0:
             ytr, flagged = flip_labels(ytr, flip, 10, seed=0)
-    model = mlp([Xtr.shape[1], demo.hidden, 10], dtype=torch.float64, seed=0)
+    model = mlp([Xtr.shape[1], hidden, 10], dtype=torch.float64, seed=0)
     task = Task.classification()
-    with stages(f"training a {Xtr.shape[1]}→{demo.hidden}→10 MLP (L-BFGS, weight decay {demo.weight_decay:g})"):
+    with stages(f"training a {Xtr.shape[1]}→{hidden}→10 MLP (L-BFGS, weight decay {demo.weight_decay:g})"):
         grad_norm = fit_lbfgs(model, task, (Xtr, ytr), weight_decay=demo.weight_decay, max_iter=1500, tol=1e-8)
     with torch.no_grad():
         pred = model(Xte).argmax(1)
@@ -98,7 +100,7 @@ def run_demo(data: str = "digits", out: str | Path | None = None, n_train: int |
     out = Path(out or f"influent-report/demo-{data}")
     title = f"influent demo: {data}, {n_train:,} training examples"
     config = {"data": data, "n_train": n_train, "n_queries": n_queries, "top": top, "flip": flip,
-              "model": f"MLP {Xtr.shape[1]}→{demo.hidden}→10 tanh, float64, L-BFGS", "test_accuracy": round(acc, 4),
+              "model": f"MLP {Xtr.shape[1]}→{hidden}→10 tanh, float64, L-BFGS", "test_accuracy": round(acc, 4),
               "attributor": {k: (v if isinstance(v, (str, int, float)) else repr(v)) for k, v in options.items()}}
     return explain(model, task, (Xtr, ytr), (Xte[q], yte[q]), out, attributor=options, query_ids=q.tolist(),
                    class_names=demo.class_names, flagged=flagged, top=top, title=title, config=config,

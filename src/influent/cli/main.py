@@ -56,12 +56,13 @@ def demo(data: str = typer.Option("digits", "--data", help="digits (embedded) | 
          n_queries: int = typer.Option(6, help="test predictions to explain"),
          top: int = typer.Option(5, help="proponents and opponents shown per query"),
          flip: float = typer.Option(0.0, help="flip this fraction of training labels, to see them caught"),
+         hidden: Optional[int] = typer.Option(None, help="hidden units of the MLP [32]"),
          quiet: bool = QUIET, debug: bool = DEBUG) -> None:
     """Train a small classifier, attribute a few test predictions and write the HTML report."""
     from .demo import run_demo
 
     say = (lambda s: None) if quiet else (lambda s: err.print(s))
-    _guarded(lambda: run_demo(data, out_dir, n_train=n_train, n_queries=n_queries, top=top, flip=flip,
+    _guarded(lambda: run_demo(data, out_dir, n_train=n_train, n_queries=n_queries, top=top, flip=flip, hidden=hidden,
                               progress=not quiet, say=say), debug)
 
 
