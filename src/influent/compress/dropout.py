@@ -47,11 +47,16 @@ class Dropout(Compressor):
 
     Attributes (after fit): `indices_` (kept flat coordinates, in output order), `weights_`
     (per-entry scale, float64), `scale_` (the element level's √(P/k); None for the neuron level),
-    `layer_scales_` and `kept_` ({layer: (O, I)}) for the neuron level.
+    `layer_scales_` and `kept_` ({layer: (O, I)}) for the neuron level. The element level stores its
+    k coordinates; the neuron level stores only each layer's rectangle size and redraws O and I from
+    (seed, layer name) when applied, so its state is O(number of layers), not O(k).
     """
 
     name = "dropout"
     factored = True
+    _indices: Tensor | None = None
+    _weights: Tensor | None = None
+    _plan: list = []
 
     def __init__(self, k: int, level: str = "element", seed: int = 0) -> None:
         super().__init__(k, seed)
@@ -72,28 +77,53 @@ class Dropout(Compressor):
         counts = split_systematic(k, space.sizes, u)
         kept = [torch.randperm(n, generator=generator(self.seed, "dropout", name))[:c].sort().values + off
                 for name, n, off, c in zip(space.names, space.sizes, space.offsets, counts) if c]
-        self.indices_ = torch.cat(kept)
+        self._indices = torch.cat(kept)
         self.k_, self.scale_ = k, math.sqrt(space.numel / k)
-        self.weights_ = torch.full((k,), self.scale_, dtype=torch.float64)
-        self.layer_scales_, self.kept_ = None, None
+        self._weights = torch.full((k,), self.scale_, dtype=torch.float64)
+        self.layer_scales_ = None
 
     def _fit_neuron(self, space: ParamSpace, k: int, layers: list[FactorLayer] | None) -> None:
         blocks = linear_blocks(space, layers, "Dropout(level='neuron')")
         if k < len(blocks):
             raise InputError(f"Dropout(level='neuron') keeps at least one entry in each of the {len(blocks)} Linear "
                              f"layers; k must lie in [{len(blocks)}, {space.numel}], got k={k}")
-        idx, weights, self.layer_scales_, self.kept_ = [], [], {}, {}
-        for b, share in zip(blocks, split_largest_remainder(k, [b.size for b in blocks])):
-            n_o, n_i = rectangle(share, b.out, b.d_a)
-            O = torch.randperm(b.out, generator=generator(self.seed, "neuron", b.name, "out"))[:n_o].sort().values
-            I = torch.randperm(b.d_a, generator=generator(self.seed, "neuron", b.name, "in"))[:n_i].sort().values
-            s = math.sqrt(b.size / (n_o * n_i))
-            idx.append(b.flat_index(O[:, None], I[None, :]).reshape(-1))
-            weights.append(torch.full((n_o * n_i,), s, dtype=torch.float64))
-            self.layer_scales_[b.name], self.kept_[b.name] = s, (O, I)
+        # only the rectangle sizes are kept: the rows and columns are redrawn from the seed when used,
+        # so the stored state does not grow with k (drawing them costs O(out + d_a) per layer and call)
+        self._plan = [(b, *rectangle(share, b.out, b.d_a))
+                      for b, share in zip(blocks, split_largest_remainder(k, [b.size for b in blocks]))]
+        self.layer_scales_ = {b.name: math.sqrt(b.size / (n_o * n_i)) for b, n_o, n_i in self._plan}
         self._blocks = blocks
-        self.indices_, self.weights_ = torch.cat(idx), torch.cat(weights)
-        self.k_, self.scale_ = int(self.indices_.numel()), None
+        self._indices = self._weights = None
+        self.k_, self.scale_ = sum(n_o * n_i for _, n_o, n_i in self._plan), None
+
+    def _draw(self, b: LinearBlock, n_o: int, n_i: int) -> tuple[Tensor, Tensor]:
+        """The kept output units and input columns of one layer, from (seed, layer name) alone."""
+        O = torch.randperm(b.out, generator=generator(self.seed, "neuron", b.name, "out"))[:n_o].sort().values
+        I = torch.randperm(b.d_a, generator=generator(self.seed, "neuron", b.name, "in"))[:n_i].sort().values
+        return O, I
+
+    @property
+    def kept_(self) -> dict[str, tuple[Tensor, Tensor]] | None:
+        """{layer: (kept output units O, kept input columns I)} for the neuron level (None for element)."""
+        if self.level != "neuron":
+            return None
+        return {b.name: self._draw(b, n_o, n_i) for b, n_o, n_i in self._plan}
+
+    @property
+    def indices_(self) -> Tensor:
+        """Kept flat coordinates, in output order."""
+        if self._indices is not None:
+            return self._indices
+        return torch.cat([b.flat_index(O[:, None], I[None, :]).reshape(-1)
+                          for (b, _, _), (O, I) in zip(self._plan, self.kept_.values())])
+
+    @property
+    def weights_(self) -> Tensor:
+        """Per-entry scale (float64)."""
+        if self._weights is not None:
+            return self._weights
+        return torch.cat([torch.full((n_o * n_i,), self.layer_scales_[b.name], dtype=torch.float64)
+                          for b, n_o, n_i in self._plan])
 
     # ----- application --------------------------------------------------------------------
     def _apply(self, G: Tensor) -> Tensor:
@@ -106,8 +136,8 @@ class Dropout(Compressor):
         if self.level == "neuron":
             check_layers(self._blocks, layers, "Dropout(level='neuron')")
             parts = []
-            for b, (A, D) in zip(self._blocks, factors):
-                O, I = (t.to(A.device) for t in self.kept_[b.name])
+            for (b, n_o, n_i), (A, D) in zip(self._plan, factors):
+                O, I = (t.to(A.device) for t in self._draw(b, n_o, n_i))
                 if A.dim() == 3:  # tokens: Σ_t D[t, O] A[t, I]ᵀ, only the kept rows and columns
                     Z = torch.einsum("bto,bti->boi", D[..., O], A[..., I]).reshape(A.shape[0], -1)
                 else:
@@ -145,4 +175,5 @@ class Dropout(Compressor):
         return self.scale_ if self.level == "element" else dict(self.layer_scales_)
 
     def _state(self) -> list[Tensor]:
-        return [self.indices_, self.weights_] if getattr(self, "_fitted", False) else []
+        # the element level keeps its k coordinates; the neuron level redraws its rows and columns
+        return [self._indices, self._weights] if getattr(self, "_fitted", False) and self.level == "element" else []
