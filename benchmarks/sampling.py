@@ -199,6 +199,27 @@ def summarise(block: dict, budgets: list[float]) -> dict:
     return out
 
 
+def combine(blocks: list[dict], budgets: list[float]) -> list[dict]:
+    """Blocks of the same (data set, model) from separate runs (e.g. different classes) merged into one."""
+    out: dict = {}
+    for b in blocks:
+        key = (b["dataset"], b["model"])
+        if key not in out:
+            out[key] = {**b, "classes": list(b["classes"]), "full": list(b["full"]), "cells": list(b["cells"]),
+                        "original": [b["original"]]}
+        else:
+            m = out[key]
+            m["classes"] += b["classes"]
+            m["full"] += b["full"]
+            m["cells"] += b["cells"]
+            m["original"].append(b["original"])
+            m["seeds"] = min(m["seeds"], b["seeds"])
+    for m in out.values():
+        m["original"] = m["original"][0] if len(m["original"]) == 1 else m["original"]
+        m["summary"] = summarise(m, budgets)
+    return list(out.values())
+
+
 def matching(cells: dict, budgets: list[float]) -> list[dict]:
     """For each random budget b_r: the smallest budget b_s < b_r where a smart sampler's mean pure F1 ≥ random's at b_r."""
     found = []
@@ -301,6 +322,60 @@ def plot(payload: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+SPREAD_BUDGETS = (32, 64, 128, 256, 512)
+
+
+def spread(seeds: int, log) -> dict:
+    """S1: how far the sampled Newton direction is from the full-data one (digits MLP 64-32-10 tanh, float64,
+    1,000 train, wd 1e-3, class 0 removed; exact GGN on S, CG to 1e-10): relative error and cosine."""
+    from influent.apps.class_removal import newton_direction, split_class
+    from influent.data import load_digits, split
+    from influent.inputs import as_examples
+    from influent.solvers import CG
+    from influent.train import mlp
+
+    X, y = load_digits(torch.float64)
+    Xtr, ytr, _, _ = split(X, y, 1000, 100, seed=0)
+    task = Task.classification()
+    model = mlp([64, 32, 10], dtype=torch.float64, seed=0)
+    gnorm = fit_lbfgs(model, task, (Xtr, ytr), weight_decay=WD, max_iter=3000, tol=1e-10)
+    ex = as_examples((Xtr, ytr))
+    remaining = ex.subset(split_class(ex, 0)[1])
+    kw = dict(weight_decay=WD, damping=WD, curvature="ggn", batch_size=512)
+    _, ref, _ = newton_direction(model, task, remaining, solver=CG(rtol=1e-10), sampler=None, seed=0, **kw)
+    rows = []
+    for m in SPREAD_BUDGETS:
+        for name in SAMPLERS:
+            for s in range(seeds):
+                with measure() as cost:
+                    _, d, info = newton_direction(model, task, remaining, solver=CG(rtol=1e-10), sampler=SAMPLERS[name](m),
+                                                  seed=s, **kw)
+                rows.append({"m": m, "sampler": name, "seed": s, "rel_err": float((d - ref).norm() / ref.norm()),
+                             "cosine": float(d @ ref / (d.norm() * ref.norm())), "seconds": cost["seconds"],
+                             "cg_iterations": info["solver"].get("iterations")})
+            sel = [r["rel_err"] for r in rows if r["m"] == m and r["sampler"] == name]
+            log(f"spread m={m} {name}: rel err {statistics.fmean(sel):.3f} (sd {statistics.pstdev(sel):.3f})")
+    summary = {}
+    for m in SPREAD_BUDGETS:
+        for name in SAMPLERS:
+            sel = [r for r in rows if r["m"] == m and r["sampler"] == name]
+            summary[f"{name}@{m}"] = {k: dict(zip(("mean", "sd", "ci95"), interval([r[k] for r in sel])))
+                                      for k in ("rel_err", "cosine", "seconds")}
+    return {"model": "digits MLP 64-32-10 tanh float64", "n_train": 1000, "n_remaining": len(remaining),
+            "final_grad_norm": gnorm, "seeds": seeds, "rows": rows, "summary": summary}
+
+
+def spread_markdown(res: dict, command: str) -> str:
+    lines = ["# Spread of the sampled Newton direction (S1)", "", f"Command: `{command}`. {' '.join(spread.__doc__.split(':', 1)[1].split())} "
+             f"{res['seeds']} seeds; {res['n_remaining']} remaining examples; mean ± 95 % t-interval.", "",
+             "| m | " + " | ".join(f"{n} rel. error" for n in SAMPLERS) + " | " + " | ".join(f"{n} sd" for n in SAMPLERS) + " |",
+             "|---|" + "---|" * (2 * len(SAMPLERS))]
+    for m in SPREAD_BUDGETS:
+        cs = [res["summary"][f"{n}@{m}"]["rel_err"] for n in SAMPLERS]
+        lines.append(f"| {m} | " + " | ".join(fmt(c, 3) for c in cs) + " | " + " | ".join(f"{c['sd']:.3f}" for c in cs) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny grid for development")
@@ -316,7 +391,17 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=300, help="L-BFGS iterations for training and retraining")
     ap.add_argument("--out", default="sampling")
     ap.add_argument("--merge", default="", help="comma-separated result names to combine into --out (no runs)")
+    ap.add_argument("--spread", action="store_true", help="only the S1 spread experiment on digits")
     args = ap.parse_args()
+    if args.spread:
+        torch.set_num_threads(1)
+        return_freed_memory()
+        t0 = time.perf_counter()
+        res = spread(2 if args.quick else args.seeds, lambda m: print(f"[{time.perf_counter() - t0:6.0f} s] {m}", flush=True))
+        res.update(machine=machine(), influent=influent.__version__, total_seconds=time.perf_counter() - t0,
+                   command="python benchmarks/sampling.py " + " ".join(sys.argv[1:]))
+        write("sampling_spread" + ("_quick" if args.quick else ""), res, spread_markdown(res, res["command"]))
+        return
     if args.quick:
         args.datasets, args.models, args.classes, args.cnn_classes = "mnist", "mlp", "0", "0"
         args.seeds = args.cnn_seeds = 2
@@ -326,7 +411,7 @@ def main() -> None:
     args.budgets = [float(b) for b in args.budgets.split(",")]
     if args.merge:
         parts = [json.loads((RESULTS / f"{m}.json").read_text()) for m in args.merge.split(",")]
-        payload = {**parts[0], "blocks": [b for p in parts for b in p["blocks"]],
+        payload = {**parts[0], "blocks": combine([b for p in parts for b in p["blocks"]], parts[0]["budgets"]),
                    "command": " ; ".join(p["command"] for p in parts),
                    "plan": " ".join(dict.fromkeys(p["plan"] for p in parts)),
                    "data": {k: v for p in parts for k, v in p["data"].items()},
