@@ -104,7 +104,9 @@ def measure(device: torch.device | None = None) -> Iterator[dict]:
     """Wall seconds and peak memory above the starting level (MB) of the enclosed block.
 
     CPU: the process's resident-set high-water mark, reset at entry through /proc/self/clear_refs
-    (Linux); CUDA: torch's peak allocated bytes. The dict is filled on exit.
+    (Linux); CUDA: torch's peak allocated bytes. The dict is filled on exit. On CPU, memory that an earlier
+    step freed into the C allocator's cache is reused without raising the RSS, so the figure can read low
+    unless large blocks go straight back to the OS (benchmarks/sampling.py sets glibc's M_MMAP_THRESHOLD).
     """
     out: dict = {}
     cuda = device is not None and torch.device(device).type == "cuda"
