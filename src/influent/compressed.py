@@ -65,8 +65,10 @@ def _output_vectors(kind: str, fn: ModelFunction, batch, start: int, seed: int) 
 
 
 def compressed_curvature(kind: str, fn: ModelFunction, compressor, layers, examples: Examples,
-                         batch_size: int, seed: int = 0, progress: bool = False) -> LinearOperator:
-    """H_C = (1/n) Σ C(v) C(v)ᵀ over the (pseudo-)gradients v of the curvature set: a k × k operator."""
+                         batch_size: int, seed: int = 0, progress: bool = False, start: int = 0) -> LinearOperator:
+    """H_C = (1/n) Σ C(v) C(v)ᵀ over the (pseudo-)gradients v of the curvature set: a k × k operator.
+
+    `start` is the global position of the first example (a distributed rank's shard) for sampled labels."""
     k = compressor.k_
     p0 = next(iter(fn.params.values()))
     if kind == "identity":
@@ -83,7 +85,6 @@ def compressed_curvature(kind: str, fn: ModelFunction, compressor, layers, examp
                                          label="compressed curvature"):
             H += rows.double().T @ rows.double()
     else:
-        start = 0
         for _, batch in track(examples.batches(batch_size), -(-len(examples) // batch_size),
                               "compressed curvature", progress):
             for r in _output_vectors(kind, fn, batch, start, seed):

@@ -12,8 +12,11 @@ CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher", "kfac", "ekfac", "
 
 
 def make_curvature(name: str | LinearOperator, fn: ModelFunction, examples: Examples, *,
-                   batch_size: int = 512, seed: int = 0) -> LinearOperator:
-    """Build the curvature operator named `name` on the curvature set `examples`."""
+                   batch_size: int = 512, seed: int = 0, start: int = 0) -> LinearOperator:
+    """Build the curvature operator named `name` on the curvature set `examples`.
+
+    `start` is the global position of the set's first example (a distributed rank's shard), so the
+    true Fisher samples the same labels as one process would."""
     if isinstance(name, LinearOperator):
         return name
     if not isinstance(name, str) or name not in CURVATURES:
@@ -23,7 +26,7 @@ def make_curvature(name: str | LinearOperator, fn: ModelFunction, examples: Exam
     if name == "ggn":
         return GGN(fn, examples, batch_size)
     if name == "fisher":
-        return Fisher(fn, examples, batch_size, seed=seed)
+        return Fisher(fn, examples, batch_size, seed=seed, start=start)
     if name == "empirical_fisher":
         return EmpiricalFisher(fn, examples, batch_size)
     if name == "identity":

@@ -186,12 +186,13 @@ class Fisher(_OuterProductCurvature):
     kind = "fisher"
 
     def __init__(self, fn: ModelFunction, examples: Examples, batch_size: int = 512,
-                 seed: int = 0, n_samples: int = 1):
+                 seed: int = 0, n_samples: int = 1, start: int = 0):
+        # start: global position of the first example (a rank's shard), so labels match one process
         if fn.task.sampled_output_grad is None:
             raise InputError("curvature='fisher' needs a task that can sample labels (Task.classification() or "
                              "Task.regression()); use curvature='empirical_fisher' for a custom task")
         super().__init__(fn, examples, batch_size)
-        self.seed, self.n_samples, self._cache = seed, n_samples, {}
+        self.seed, self.n_samples, self._cache, self.start = seed, n_samples, {}, int(start)
 
     def dense(self, chunk: int = 256, dtype: torch.dtype | None = None) -> Tensor:
         """Σ_s G̃_sᵀ G̃_s / (n·S) from per-example gradients at the sampled labels."""
@@ -208,7 +209,7 @@ class Fisher(_OuterProductCurvature):
         return pseudo_grads(self.fn, batch, r)
 
     def _residuals(self, i, batch):
-        start = sum(batch_size_of(b) for b in self.batches[:i])
+        start = getattr(self, "start", 0) + sum(batch_size_of(b) for b in self.batches[:i])
         with torch.no_grad():
             out = self.fn.outputs(self.fn.params, batch)
             return torch.stack([sampled_output_grads(self.fn.task, out, batch, self.seed, start, sample=s)
