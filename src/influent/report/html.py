@@ -45,7 +45,7 @@ figure.ex b{color:var(--ink);font-weight:600}.s-pos{color:var(--pos);font-weight
 blockquote.txt{margin:0;padding:8px 10px;border-left:3px solid var(--line);background:#fafbfe;border-radius:4px;
 font-size:13px;max-width:100%}blockquote.txt .meta{display:block;color:var(--muted);font-size:11px;margin-top:3px}
 .lane.pos blockquote.txt{border-left-color:var(--pos)}.lane.neg blockquote.txt{border-left-color:var(--neg)}
-.texts{display:flex;flex-direction:column;gap:6px}
+.texts{display:flex;flex-direction:column;gap:6px}.qhead blockquote.txt{font-size:15px;flex:1 1 380px;max-width:560px}
 table{border-collapse:collapse;font-size:12.5px;background:var(--card)}
 th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 th{font-weight:600;color:var(--muted);font-size:11.5px;text-transform:uppercase;letter-spacing:.03em}
