@@ -198,7 +198,9 @@ def fewer_parameters(name: str, n: int, n_query: int, m: int, epochs: int) -> di
         "memorised_last": int(a_last.memorised.sum()), "memorised_full": int(a_full.memorised.sum()),
         "memorised_precision_full": pr(a_full.memorised, flipped)["precision"],
         "memorised_precision_last": pr(a_last.memorised, flipped)["precision"]})
-    rt = Retrainer(model, task, train, WD, tol=1e-7, max_iter=200, cache=False)
+    import tempfile  # the two LDS calls retrain the same subsets: the second one reads the first's cache
+
+    rt = Retrainer(model, task, train, WD, tol=1e-7, max_iter=200, cache_dir=tempfile.mkdtemp(prefix="influent-lds-"))
     for label, scores in (("last", s_last), ("full", s_full)):
         t = time.perf_counter()
         res = lds(scores, model, task, train64, query, WD, m=m, alpha=0.5, retrainer=rt)

@@ -54,13 +54,19 @@ def _grads(model, f, X, y):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("measurement", list(MEASURES))
-def test_measurement_scores_equal_oriented_oracle(problem, measurement):
-    model, (X, y), (Xq, yq) = problem
+@pytest.fixture(scope="module")
+def preconditioned_train(problem):
+    """(H + λI)⁻¹ ∇ℓ_i for every training point, [P, n], from the dense Hessian."""
+    model, (X, y), _ = problem
     H = dense_hessian(model, inf.Task.classification(), select_params(model), (X, y))
     A = H + WD * torch.eye(H.shape[0], dtype=H.dtype)
-    g_train = -_grads(model, MEASURES["loss"], X, y)            # ∇ℓ_i
-    oracle = -_grads(model, MEASURES[measurement], Xq, yq) @ torch.linalg.solve(A, g_train.T)
+    return torch.linalg.solve(A, -_grads(model, MEASURES["loss"], X, y).T)
+
+
+@pytest.mark.parametrize("measurement", list(MEASURES))
+def test_measurement_scores_equal_oriented_oracle(problem, preconditioned_train, measurement):
+    model, (X, y), (Xq, yq) = problem
+    oracle = -_grads(model, MEASURES[measurement], Xq, yq) @ preconditioned_train
     got = inf.Attributor(model, inf.Task.classification(measurement), damping=WD).fit((X, y)).score((Xq, yq)).values
     torch.testing.assert_close(got, oracle, rtol=1e-7, atol=1e-10)
 
@@ -97,11 +103,11 @@ def test_positive_prob_score_means_removal_lowers_the_probability():
     with torch.no_grad():
         p0 = torch.softmax(model(Xq), -1).gather(1, yq[:, None]).squeeze(1)
     pred, actual = [], []
-    for i in range(8):
+    for i in range(6):
         keep = torch.arange(30) != i
         m = seeded(lambda: nn.Linear(3, 3))
         m.load_state_dict(model.state_dict())
-        fit_lbfgs(m, task, (X[keep], y[keep]), weight_decay=WD, tol=1e-12)
+        fit_lbfgs(m, task, (X[keep], y[keep]), weight_decay=WD, tol=1e-10)
         with torch.no_grad():
             actual.append(torch.softmax(m(Xq), -1).gather(1, yq[:, None]).squeeze(1) - p0)
         pred.append(-scores[:, i] / 30)

@@ -46,14 +46,12 @@ class Memorization:
 
     def plot(self, path: str | Path | None = None, flipped: Tensor | None = None, ax: Any = None):
         """Aggregate influence of every training point, sorted, coloured by label (or by `flipped`)."""
-        import matplotlib
-        if ax is None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: leaves the user's backend and figures alone
 
         fig = None
         if ax is None:
-            fig, ax = plt.subplots(figsize=(6, 3.5))
+            fig = Figure(figsize=(6, 3.5))
+            ax = fig.subplots()
         order = torch.argsort(self.aggregate)
         agg = self.aggregate[order].double().numpy()
         x = torch.arange(len(agg)).numpy()
@@ -74,7 +72,6 @@ class Memorization:
             fig.tight_layout()
             if path is not None:
                 fig.savefig(path, dpi=120)
-                plt.close(fig)
         return ax
 
 
