@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .curvature import CURVATURES, DenseOperator, make_curvature
+from . import distributed
 from .errors import ConfigMismatchError, InputError, NotFittedError
 from .grads import ModelFunction, check_batch, eval_mode
 from .inputs import Examples, as_examples
@@ -38,7 +39,12 @@ class Attributor:
     Example:
         >>> attr = Attributor(model, Task.classification(), damping=1e-3).fit((X, y))
         >>> attr.score((Xq, yq)).top_k(5)
+
+    Under torch.distributed (torchrun) every rank passes the same data; each keeps and scores its
+    shard, curvature products are all-reduced, and score/top_k/self_influence return global results.
     """
+
+    partition_: distributed.Partition | None = None  # set by fit under torch.distributed
 
     def __init__(self, model: nn.Module, task: Task, *, params: Any = "all", curvature: Any = "hessian",
                  solver: Any = "direct", damping: float = 1e-3, compress: Any = None, sampler: Any = None,
@@ -78,6 +84,9 @@ class Attributor:
         t0 = time.perf_counter()
         self.timings_: dict[str, float] = {}
         examples = self._examples(train, ids, "train")
+        self.partition_ = distributed.partition(examples.ids)  # None unless torch.distributed is initialised
+        if self.partition_ is not None:
+            distributed.check_curvature(self.curvature)
         self.space_ = select_params(self.model, self.params)
         check_finite_params(self.model, self.space_)
         with eval_mode(self.model):
@@ -99,6 +108,9 @@ class Attributor:
                 self.solver_.fit(self.curvature_, self.damping)
             self.timings_["solver_fit"] = time.perf_counter() - t1
             t2 = time.perf_counter()
+            if self.partition_ is not None:  # this rank keeps, stores and scores only its own shard
+                examples = examples.subset(self.partition_.positions)
+                store = self.partition_.store_dir(store) if store is not None else None
             self.train_examples_, self.train_ids_, self.n_train_ = examples, list(examples.ids), len(examples)
             self.store_ = None
             self.train_grads_ = self._training_rows(examples, store)
@@ -117,11 +129,26 @@ class Attributor:
         return compressor.fit(self.space_, sample, layers=self.factor_layers_)
 
     def _make_curvature(self, curv_set: Examples):
+        if self.partition_ is not None and isinstance(self.curvature, str) \
+                and self.curvature in distributed.SHARDED_CURVATURES:
+            return self._sharded_curvature(curv_set)
+        return self._local_curvature(curv_set)
+
+    def _local_curvature(self, curv_set: Examples, start: int = 0):
         if self.compressor_ is not None:
             kind = self.curvature if isinstance(self.curvature, str) else "custom"
             return compressed_curvature(kind, self.fn_, self.compressor_, self.factor_layers_, curv_set,
-                                        self.batch_size, seed=self.seed, progress=self.progress)
-        return make_curvature(self.curvature, self.fn_, curv_set, batch_size=max(self.batch_size, 512), seed=self.seed)
+                                        self.batch_size, seed=self.seed, progress=self.progress, start=start)
+        return make_curvature(self.curvature, self.fn_, curv_set, batch_size=max(self.batch_size, 512), seed=self.seed,
+                              start=start)
+
+    def _sharded_curvature(self, curv_set: Examples) -> distributed.AllReduceMean:
+        """The curvature of this rank's shard of the curvature set, all-reduced over ranks."""
+        pos = distributed.shard(len(curv_set), self.partition_.rank, self.partition_.size)
+        local = self._local_curvature(curv_set.subset(pos), start=pos.start) if len(pos) else None
+        width = self.compressor_.k_ if self.compressor_ is not None else self.space_.numel
+        p0 = next(self.model.parameters())
+        return distributed.AllReduceMean(local, len(pos), len(curv_set), width, self._compute_dtype, p0.device)
 
     def _training_rows(self, examples: Examples, store: str | Path | None) -> Tensor | None:
         """Training gradients (or their compressions) kept in memory, via the store if given; None when
@@ -142,6 +169,8 @@ class Attributor:
         if self.compressor_ is None and too_big:
             return None
         label = "training gradients" if self.compressor_ is None else "compressed training gradients"
+        if len(examples) == 0:  # an empty distributed shard (more ranks than examples)
+            return torch.zeros(0, width, dtype=self._compute_dtype, device=next(self.model.parameters()).device)
         return torch.cat([compute(b) for _, b in track(examples.batches(rows), -(-len(examples) // rows),
                                                          label, self.progress)])
 
@@ -194,10 +223,7 @@ class Attributor:
                     return self._factored_scorer(examples) + (qids,)
                 except NotFactorable:
                     self.factor_layers_ = None
-            if self.compressor_ is not None:
-                Q = compressed_rows(self.fn_, self.compressor_, self.factor_layers_, examples.data, query=True)
-            else:
-                Q = all_gradients(self.fn_, examples, self._rows(), query=True, label="query gradients")
+            Q = self._query_rows(examples)
             low = self._low_rank()
             if low is not None:  # r projections per training gradient instead of n_query
                 U, w = low
@@ -205,6 +231,26 @@ class Attributor:
                 return (lambda G: QUw @ (G @ U).T), self._train_blocks(), qids
             PQ = precondition(self.solver_, Q)
         return (lambda G: PQ @ G.T), self._train_blocks(), qids
+
+    def _query_rows(self, examples: Examples) -> Tensor:
+        """Query gradients in the space the training rows live in (compressed when `compress` is set)."""
+        if self.compressor_ is not None:
+            return compressed_rows(self.fn_, self.compressor_, self.factor_layers_, examples.data, query=True)
+        return all_gradients(self.fn_, examples, self._rows(), query=True, label="query gradients")
+
+    def preconditioned_queries(self, query: Any, ids: Sequence | None = None) -> tuple[Tensor, list]:
+        """((H + λI)⁻¹ g_q rows [n_query, width], query ids): the score is their dot product with the
+        training rows (compressed gradients when `compress` is set); used by the FAISS index."""
+        self._check_fitted()
+        examples = self._examples(query, ids, "query")
+        with eval_mode(self.model):
+            check_batch(self.fn_, examples.data, "query")
+            return precondition(self.solver_, self._query_rows(examples)), list(examples.ids)
+
+    def training_rows(self):
+        """(offset, rows) blocks of the training gradients as scored (compressed when `compress` is set)."""
+        self._check_fitted()
+        return self._train_blocks()
 
     def _low_rank(self):
         low_rank = getattr(self.solver_, "low_rank", None)
@@ -243,20 +289,35 @@ class Attributor:
         """The full (n_query, n_train) influence matrix with ids."""
         score_block, blocks, qids = self._block_scorer(query, ids)
         with eval_mode(self.model):
+            if self.partition_ is not None:  # torch.distributed: every rank's columns, in global order
+                values = distributed.gather_columns(self._shard_scores(score_block, blocks, len(qids)), self.partition_)
+                return Scores(values.detach(), qids, list(self.partition_.ids), self._meta())
             values = score_matrix(score_block, blocks, self.n_train_)
         return Scores(values.detach(), qids, list(self.train_ids_), self._meta())
+
+    def _shard_scores(self, score_block, blocks, n_query: int) -> Tensor:
+        """score_matrix over this rank's shard, which may be empty when there are more ranks than examples."""
+        if self.n_train_ == 0:
+            return torch.zeros(n_query, 0, dtype=self._compute_dtype)
+        return score_matrix(score_block, blocks, self.n_train_).detach()
 
     def top_k(self, query: Any, k: int, ids: Sequence | None = None, largest: bool = True) -> tuple[Tensor, Tensor]:
         """(values, indices) of the k largest scores per query, streamed over training blocks."""
         if not isinstance(k, int) or k <= 0:
             raise InputError(f"k must be a positive integer, got {k!r}")
-        score_block, blocks, _ = self._block_scorer(query, ids)
+        score_block, blocks, qids = self._block_scorer(query, ids)
         with eval_mode(self.model):
+            if self.partition_ is not None:  # merge every rank's top-k candidates
+                local = score_top_k(score_block, blocks, min(k, self.n_train_), largest) if self.n_train_ else \
+                    (torch.zeros(len(qids), 0, dtype=self._compute_dtype), torch.zeros(len(qids), 0, dtype=torch.long))
+                return distributed.merge_top_k(*local, self.partition_, k, largest)
             return score_top_k(score_block, blocks, min(k, self.n_train_), largest)
 
     def self_influence(self) -> Tensor:
         """(n_train,) g_iᵀ (H + λI)⁻¹ g_i; large values flag unusual or mislabelled examples."""
         self._check_fitted()
+        if self.partition_ is not None:
+            return self._sharded_per_example(lambda PG, G: (PG * G).sum(1))
         with eval_mode(self.model):
             if self._factored():
                 blocks = factor_blocks(self.fn_, self.factor_layers_, self.train_examples_, self._factor_rows(),
@@ -284,14 +345,26 @@ class Attributor:
             else:
                 q = sum(g.sum(0) for _, g in gradient_blocks(self.fn_, examples, self._rows(), query=True))
             pq = precondition(self.solver_, q[None])
+            if self.partition_ is not None:
+                return distributed.gather_columns(self._shard_scores(lambda G: pq @ G.T, self._train_blocks(), 1),
+                                                  self.partition_)[0]
             return score_matrix(lambda G: pq @ G.T, self._train_blocks(), self.n_train_)[0].detach()
 
     def inverse_grad_norms(self) -> Tensor:
         """(n_train,) ‖(H + λI)⁻¹ g_i‖, the θ-relative (RelatIF) normaliser, one block of solves at a time."""
         self._check_fitted()
+        if self.partition_ is not None:
+            return self._sharded_per_example(lambda PG, G: PG.norm(dim=1))
         with eval_mode(self.model):
             return score_matrix(lambda G: precondition(self.solver_, G).norm(dim=1)[None], self._train_blocks(),
                                 self.n_train_)[0].detach()
+
+    def _sharded_per_example(self, fn) -> Tensor:
+        """(n_train,) fn((H + λI)⁻¹ g_i, g_i) over every rank's shard, gathered in global order."""
+        width = self.compressor_.k_ if self.compressor_ is not None else self.space_.numel
+        with eval_mode(self.model):
+            local = distributed.map_preconditioned(self.solver_, self._train_blocks(), width, self._compute_dtype, fn)
+        return distributed.gather_vector(local.detach(), self.partition_)
 
     # ----- persistence ----------------------------------------------------------------------
     def _config(self) -> dict:
