@@ -198,6 +198,9 @@ def fewer_parameters(name: str, n: int, n_query: int, m: int, epochs: int) -> di
         "memorised_last": int(a_last.memorised.sum()), "memorised_full": int(a_full.memorised.sum()),
         "memorised_precision_full": pr(a_full.memorised, flipped)["precision"],
         "memorised_precision_last": pr(a_last.memorised, flipped)["precision"]})
+    out["lds_subsets"] = m
+    partial = RESULTS / f"memorization_c_{name}.json"  # kept as each part finishes (LDS is the slow part)
+    partial.write_text(json.dumps(out, indent=2))
     import tempfile  # the two LDS calls retrain the same subsets: the second one reads the first's cache
 
     rt = Retrainer(model, task, train, WD, tol=1e-7, max_iter=200, cache_dir=tempfile.mkdtemp(prefix="influent-lds-"))
@@ -206,7 +209,7 @@ def fewer_parameters(name: str, n: int, n_query: int, m: int, epochs: int) -> di
         res = lds(scores, model, task, train64, query, WD, m=m, alpha=0.5, retrainer=rt)
         out[f"lds_{label}"] = res.value
         out[f"lds_seconds_{label}"] = time.perf_counter() - t
-    out["lds_subsets"] = m
+        partial.write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -260,6 +263,10 @@ def fmt(c: dict, scale: float = 1.0, digits: int = 3) -> str:
     return s + (f" ± {scale * c['half']:.{digits}f}" if not math.isnan(c["half"]) else "")
 
 
+def lds_cell(c: dict, label: str) -> str:
+    return f"{c[f'lds_{label}']:.3f}" if f"lds_{label}" in c else "not measured (run stopped)"
+
+
 def table(payload: dict) -> str:
     s, cfg = payload["summary"], payload["config"]
     lines = ["# Memorisation by sign, selective removal, fewer-parameter influence", "",
@@ -300,7 +307,7 @@ def table(payload: dict) -> str:
             continue
         lines.append(f"| {c['dataset']} | {c['n_train']} | {c['params_last']} / {c['params_full']} | "
                      f"{c['spearman_per_query_mean']:.3f} | {c['spearman_aggregate']:.3f} | "
-                     f"{c['sign_agreement_aggregate']:.3f} | {c['lds_last']:.3f} | {c['lds_full']:.3f} | "
+                     f"{c['sign_agreement_aggregate']:.3f} | {lds_cell(c, 'last')} | {lds_cell(c, 'full')} | "
                      f"{c['seconds_last']:.1f} | {c['seconds_full']:.1f} | {c['speedup']:.1f}× |")
     lines += ["", "LDS over " + str(cfg.get("lds_subsets")) + " random half-subsets, retrained by Newton-CG "
               "(influent.eval.lds); full influence: GGN + CG, last layer: exact last-layer GGN (= its Hessian), "
@@ -388,12 +395,20 @@ def main() -> None:
 def merge(prefix: str) -> None:
     """Combine the partial runs (--parts ab, --parts c) into the one results file."""
     ab = json.loads((RESULTS / f"{prefix}_ab.json").read_text())
-    c = json.loads((RESULTS / f"{prefix}_c.json").read_text())
-    ab["fewer_parameters"] = c["fewer_parameters"]
-    for k in ("fewer_n", "lds_subsets"):
-        ab["config"][k] = c["config"][k]
-    ab["config"]["command"] += " ; " + c["config"]["command"]
-    ab["config"]["wall_seconds_c"] = c["config"]["wall_seconds"]
+    path = RESULTS / f"{prefix}_c.json"
+    if path.exists():
+        c = json.loads(path.read_text())
+        ab["fewer_parameters"] = c["fewer_parameters"]
+        for k in ("fewer_n", "lds_subsets"):
+            ab["config"][k] = c["config"][k]
+        ab["config"]["command"] += " ; " + c["config"]["command"]
+        ab["config"]["wall_seconds_c"] = c["config"]["wall_seconds"]
+    else:  # the (c) run did not finish: whatever each data set's run had written so far
+        parts = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("memorization_c_*.json"))]
+        ab["fewer_parameters"] = parts
+        ab["config"]["fewer_parameters_note"] = "partial: the (c) run was stopped before it finished"
+        if parts:
+            ab["config"]["fewer_n"], ab["config"]["lds_subsets"] = parts[0]["n_train"], parts[0]["lds_subsets"]
     write(prefix, ab, table(ab))
     plots(ab, prefix)
 
