@@ -15,7 +15,7 @@ from influent.report import explain
 from influent.train import fit_lbfgs, mlp
 
 
-def problem(n_train: int = 2000, n_query: int = 6, noise: float = 0.1, hidden: int = 32, seed: int = 0) -> dict:
+def problem(n_train: int = 1000, n_query: int = 6, noise: float = 0.1, hidden: int = 32, seed: int = 0) -> dict:
     """A 784→hidden→10 MLP trained on MNIST with a fraction `noise` of its labels flipped (flagged in the report)."""
     X, y = load_mnist("train", torch.float64)
     Xq, yq = load_mnist("test", torch.float64)
