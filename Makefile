@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: install demo test bench data clean
+.PHONY: install demo test bench bench-libs data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ test: install  ## the whole suite (slow and GPU checks are skipped by default)
 
 bench: install  ## solver × curvature benchmark (writes benchmarks/results/solvers.{json,md})
 	$(PY) benchmarks/solvers.py
+
+LIBS_VENV := .venv-libs
+$(LIBS_VENV)/.installed: benchmarks/requirements-libs.txt pyproject.toml
+	$(PYTHON) -m venv $(LIBS_VENV)
+	$(LIBS_VENV)/bin/pip install -q torch==2.13.0 "numpy<2"
+	$(LIBS_VENV)/bin/pip install -q -e . "numpy<2"
+	$(LIBS_VENV)/bin/pip install -q -r benchmarks/requirements-libs.txt
+	$(LIBS_VENV)/bin/pip install -q --no-deps kronfluence==1.0.1 dattri==0.3.0
+	touch $@
+
+bench-libs: $(LIBS_VENV)/.installed  ## influent vs Kronfluence, pyDVL, Captum, TRAK, dattri in .venv-libs (writes benchmarks/results/vs_libraries.{json,md})
+	$(LIBS_VENV)/bin/python benchmarks/vs_libraries.py
 
 data:  ## full MNIST + Fashion-MNIST into .cache/influent-data (or $$INFLUENT_DATA), checked against SHA256SUMS
 	scripts/fetch_data.sh
