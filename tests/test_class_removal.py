@@ -87,7 +87,7 @@ def test_newton_step_is_exact_newton_on_the_remaining_objective(problem):
     torch.testing.assert_close(_flat(r.model), theta - torch.linalg.solve(H, g), rtol=1e-8, atol=1e-10)
 
 
-SOLVERS = [("ggn", CG(rtol=1e-10)), ("ggn", LiSSA(rtol=1e-7)), ("hessian", Arnoldi(rank=20, iterations=20)),
+SOLVERS = [("ggn", CG(rtol=1e-10)), pytest.param("ggn", LiSSA(rtol=1e-7), marks=pytest.mark.slow), ("hessian", Arnoldi(rank=20, iterations=20)),
            ("kfac", "direct"), ("ekfac", "direct")]
 
 

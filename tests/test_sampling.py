@@ -67,7 +67,7 @@ def test_whole_set_is_every_example(problem, name):
 
 
 # (curvature, solver) pairs: every solver family, exact and structured curvatures
-PAIRS = [("hessian", "direct"), ("ggn", "cg"), ("ggn", LiSSA(rtol=1e-7)),
+PAIRS = [("hessian", "direct"), ("ggn", "cg"), pytest.param("ggn", LiSSA(rtol=1e-7), marks=pytest.mark.slow),
          ("ggn", Arnoldi(rank=35, iterations=35)), ("kfac", "direct"), ("ekfac", "direct")]
 
 
