@@ -226,6 +226,10 @@ class KFAC(LinearOperator):
         """Eigenbases of the factors (float64 eigh), once; K-FAC needs them only for `inverse`."""
         for layer in self.layers:
             if layer.QA is None:
+                if not bool(torch.isfinite(layer.A).all() and torch.isfinite(layer.S).all()):
+                    raise NumericalError(f"the K-FAC factors of layer {layer.name!r} have NaN/Inf entries; a layer "
+                                         "input or output gradient overflowed: check the inputs, the loss (e.g. "
+                                         "log 0 or sqrt at 0) and the model weights")
                 LA, layer.QA = torch.linalg.eigh(layer.A)
                 LS, layer.QS = torch.linalg.eigh(layer.S)
                 layer.eigenvalues = LS.clamp_min(0)[:, None] * LA.clamp_min(0)[None, :]

@@ -22,6 +22,10 @@ class Direct(Solver):
             self.info_["method"] = "structured"
             return
         H = curvature.dense(dtype=torch.float64)
+        if not bool(torch.isfinite(H).all()):
+            raise NumericalError("the curvature has NaN/Inf entries, so H + λI cannot be factored; a per-example "
+                                 "gradient or curvature product overflowed: check the inputs, the loss (e.g. log 0 "
+                                 "or sqrt at 0) and the model weights")
         A = H + damping * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
         L, info = torch.linalg.cholesky_ex(A)
         if int(info) == 0:
