@@ -33,6 +33,8 @@ class Examples:
         return Examples(index_batch(self.data, idx), [self.ids[i] for i in idx.tolist()])
 
     def to(self, device: torch.device | str | None, dtype: torch.dtype | None) -> "Examples":
+        check_device_dtype(device, dtype)
+
         def move(t: Tensor) -> Tensor:
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)
@@ -40,6 +42,22 @@ class Examples:
         data = {k: move(v) for k, v in self.data.items()} if isinstance(self.data, dict) \
             else tuple(move(t) for t in self.data)
         return Examples(data, self.ids)
+
+
+def check_device_dtype(device: Any, dtype: Any) -> None:
+    """Refuse a device that does not exist here or a non-floating dtype, before any data is moved."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(f"dtype must be a floating torch dtype such as torch.float64, got {dtype!r}; "
+                         "or pass dtype=None to follow the model")
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"device {device!r} is not a valid torch device ({e}); use e.g. 'cpu' or 'cuda:0'") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"device {device!r} is not available on this machine ({torch.cuda.device_count()} CUDA "
+                         "devices); use device='cpu' or pass device=None to follow the model")
 
 
 def _stack(items: list) -> Batch:
