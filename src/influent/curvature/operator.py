@@ -6,11 +6,12 @@ implement `_matmat`; algebra and densification live here, once.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, NumericalError
 
 MAX_DENSE = 25_000  # a dense P × P float64 matrix past this is > 5 GB
 
@@ -98,7 +99,15 @@ class ScaledIdentity(LinearOperator):
         return self.scale * V
 
     def dense(self, chunk: int = 256, dtype: torch.dtype | None = None) -> Tensor:
+        self._check_dense_size()
         return self.scale * torch.eye(self.size, dtype=dtype or self.dtype, device=self.device)
+
+    def inverse(self, damping: float) -> Callable[[Tensor], Tensor]:
+        """(c + λ)⁻¹ B without a dense matrix, so solver='direct' on curvature='identity' scales to any P."""
+        total = self.scale + float(damping)
+        if not total != 0:
+            raise NumericalError(f"{self.scale:g}·I + damping {float(damping):g} is singular; use damping > 0")
+        return lambda B: B / total
 
 
 def Identity(size: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> ScaledIdentity:
