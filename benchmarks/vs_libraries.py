@@ -103,13 +103,15 @@ def problem(task: str, quick: bool, workdir: Path) -> tuple[Problem, object]:
     return Problem(name, model, train, query, WD, workdir, batch_size=500), mask
 
 
-def method_table(task: str, libs: list[str]) -> dict[str, list[str]]:
-    """Library -> method names for a task ('small' methods on digits, scalable ones on MNIST)."""
+def method_table(task: str, libs: list[str], quick: bool) -> dict[str, list[str]]:
+    """Library -> method names for a task ('small' methods on digits, scalable ones on MNIST);
+    --quick leaves out each adapter's SLOW methods (minutes each even on a quiet machine)."""
     scale = "small" if task == "a" else "large"
     out = {}
     for lib in libs:
         mod = adapter(lib)
-        out[lib] = list((mod.self_methods if task == "c" else mod.methods)(scale))
+        names = list((mod.self_methods if task == "c" else mod.methods)(scale))
+        out[lib] = [n for n in names if not (quick and n in getattr(mod, "SLOW", ()))]
     return out
 
 
@@ -190,7 +192,7 @@ def run_task(task: str, args) -> dict:
     import tempfile
 
     libs = [lib for lib in args.libs if not _skip(lib)]
-    table = method_table(task, libs)
+    table = method_table(task, libs, args.quick)
     p, mask = problem(task, args.quick, Path(tempfile.mkdtemp(prefix="vs-parent-")))
     results: dict = {"rows": {}, "problem": {"name": p.name, "n_train": p.n, "n_query": len(p.query[1]),
                                              "n_params": p.n_params, "weight_decay": WD}}
@@ -200,8 +202,8 @@ def run_task(task: str, args) -> dict:
     for lib in libs:  # time every method first (own process each), then retrain, then evaluate
         for name in table[lib]:
             out = scratch / f"{lib}-{len(outputs)}.npy"
-            res = run_isolated(__file__, ["--one", task, lib, name, str(out), str(args.threads)]
-                               + (["--quick"] if args.quick else []), args.timeout)
+            one = ["--one", task, lib, name, str(out), str(args.threads)] + (["--quick"] if args.quick else [])
+            res = in_process(one) if args.in_process else run_isolated(__file__, one, args.timeout)
             results["rows"][f"{lib}: {name}"], outputs[f"{lib}: {name}"] = res, out
             print(task, lib, name, res, flush=True)
     gt = ground_truth(task, p, args.quick, args.workers) if task != "c" else {}
@@ -225,6 +227,14 @@ def run_task(task: str, args) -> dict:
     return results
 
 
+def in_process(one: list[str]) -> dict:
+    """run_one in this process (no start-up cost; peak RSS is then this process's running peak)."""
+    try:
+        return run_one(one[1], one[2], one[3], "--quick" in one, Path(one[4]), int(one[5]))
+    except Exception as e:  # a library failing on this task is a row, not the end of the run
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:250] if str(e) else ''}"}
+
+
 def _skip(lib: str) -> bool:
     reason = missing(lib)
     if reason:
@@ -240,6 +250,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900, help="seconds per method")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per method process")
     ap.add_argument("--workers", type=int, default=1, help="retraining processes for the ground truth")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run methods in this process (faster start; peak RSS no longer per method)")
     ap.add_argument("--ground-truth-only", action="store_true", help="fill the retraining cache and stop")
     ap.add_argument("--one", nargs=5, metavar=("TASK", "LIB", "METHOD", "OUT", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -260,9 +272,10 @@ def main() -> None:
     payload.update({"machine": machine(), "command": " ".join(["python benchmarks/vs_libraries.py", *sys.argv[1:]]),
                     "versions": versions()})
     for task in tasks:
-        payload[task] = run_task(task, args)
+        result = run_task(task, args)
         from libs.report import table
-        write(name, payload, table(payload))
+        payload = {**(json.loads(path.read_text()) if path.exists() else {}), **payload, task: result}
+        write(name, payload, table(payload))  # re-read first: runs of other tasks may have written meanwhile
 
 
 def versions() -> dict:

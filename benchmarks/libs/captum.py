@@ -90,6 +90,8 @@ LARGE = {  # Arnoldi needs ~80 Hessian products over 60k examples: not run at th
     "TracInCPFast (last layer)": (_tracin, "TracInCPFast", {}),
 }
 
+SLOW = {"NaiveInfluenceFunction (full rank)"}  # left out by --quick
+
 
 def methods(scale: str) -> dict[str, Method]:
     return {k: f(kind, o) for k, (f, kind, o) in (SMALL if scale == "small" else LARGE).items()}

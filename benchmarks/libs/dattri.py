@@ -95,6 +95,8 @@ LARGE = {  # the Hessian-product methods (CG, LiSSA, Arnoldi) are not run at thi
     "TRAK k=512": ("trak", dict(proj_dim=512)),
 }
 
+SLOW = {"IF CG", "IF LiSSA"}  # left out by --quick
+
 
 def methods(scale: str) -> dict[str, Method]:
     return {k: _method(*v) for k, v in (SMALL if scale == "small" else LARGE).items()}

@@ -51,6 +51,8 @@ def _self(config: tuple) -> Method:
         return _attributor(p, *config).self_influence().double()
     return run
 
+SLOW = {"hessian+cg", "hessian+lissa"}  # left out by --quick
+
 
 def methods(scale: str) -> dict[str, Method]:
     """name -> p -> [n_query, n_train] scores; scale 'small' (digits) or 'large' (MNIST)."""

@@ -58,6 +58,8 @@ LARGE = {  # Arnoldi / Nyström need hundreds of Hessian products over 60k examp
     "ekfac": ("ekfac", {}, "batch"),
 }
 
+SLOW = {"direct (hessian)", "cg", "lissa"}  # left out by --quick
+
 
 def methods(scale: str) -> dict[str, Method]:
     return {k: _scores(*v) for k, v in (SMALL if scale == "small" else LARGE).items()}
