@@ -33,11 +33,11 @@ article.query{background:var(--card);border:1px solid var(--line);border-radius:
 .ok{background:var(--pos)}.bad{background:var(--neg)}.flag{background:var(--neg)}
 .lanes{display:grid;grid-template-columns:1fr 1fr;gap:8px 24px}.lanes.stack{grid-template-columns:1fr}
 @media(max-width:1000px){.lanes{grid-template-columns:1fr}}
-.lane{display:grid;grid-template-columns:86px 1fr;gap:8px;align-items:start;margin:6px 0}
+.lane{display:grid;grid-template-columns:76px 1fr;gap:8px;align-items:start;margin:6px 0}
 .lane>h4{margin:6px 0 0;font-size:13px}.lane.pos>h4{color:var(--pos)}.lane.neg>h4{color:var(--neg)}
-.strip{display:flex;gap:10px;flex-wrap:wrap}
-figure.ex{margin:0;width:96px;text-align:center;font-size:11px;color:var(--muted)}
-figure.ex img{width:84px;height:84px;image-rendering:pixelated;border:1px solid var(--line);border-radius:6px;
+.strip{display:flex;gap:8px;flex-wrap:wrap}
+figure.ex{margin:0;width:80px;text-align:center;font-size:11px;color:var(--muted)}
+figure.ex img{width:72px;height:72px;image-rendering:pixelated;border:1px solid var(--line);border-radius:6px;
 background:#fff;display:block;margin:0 auto 3px}
 figure.ex.big{width:auto}figure.ex.big img{width:112px;height:112px}
 figure.ex.flagged img{border:2px solid var(--neg)}
@@ -177,7 +177,8 @@ def _stages(s: dict) -> str:
                    f'<td>{escape(st.get("detail", ""))}</td></tr>' for st in stages)
     table = ('<table><tr><th>stage</th><th>seconds</th><th>peak memory (MB)</th><th>detail</th></tr>'
              f'{rows}</table>')
-    chart = _img(plots.stages_png([st["name"] for st in stages], [st["seconds"] for st in stages]), "timings")
+    short = [st["name"].split(" (")[0].split(":")[0][:30] for st in stages]
+    chart = _img(plots.stages_png(short, [st["seconds"] for st in stages]), "timings")
     note = escape(s.get("memory_note", "peak resident memory of the process during each stage"))
     return (f'<section id="timings"><h2>Timings and memory</h2><p class="note">{note}</p>'
             f'<div class="two"><div>{table}</div><div class="plot">{chart}</div></div></section>')
