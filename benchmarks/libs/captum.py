@@ -2,8 +2,8 @@
 
 Conventions fixed here: Captum's influence functions use the Hessian of the SUM of the training
 losses and add `hessian_reg` to it, so hessian_reg = n·wd gives n(H + wd·I) and the scores are
-multiplied by n. TracIn scores are learning-rate × g_q^T g_i (identity curvature): with rate 1
-they are divided by λ = wd to be in influent's units. All are positive = helpful, [query, train].
+multiplied by n. TracIn scores are learning-rate × g_q^T g_i: with rate 1 they equal influent's
+identity solver (g_q^T g_i, which ignores damping; checked: ratio 1.000). All are positive = helpful, [query, train].
 The loss is CrossEntropyLoss(reduction="sum"), whose per-example gradients are influent's g_i.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _tracin(kind: str, opts: dict) -> Method:
             cls = TracInCPFast if kind == "TracInCPFast" else TracInCPFastRandProj
             tr = cls(p.model, final_fc_layer=last, **common, **opts)
         v = tr.influence(tuple(p.query))
-        return as_scores(v, len(p.query[1]), p.n, scale=1.0 / p.weight_decay)
+        return as_scores(v, len(p.query[1]), p.n)
     return run
 
 
@@ -69,7 +69,7 @@ def _self(kind: str, opts: dict) -> Method:
         if kind == "TracInCP":
             tr = TracInCP(p.model, p.dataset("train"), [_checkpoint(p)], checkpoints_load_func=_load, loss_fn=loss,
                           batch_size=p.batch_size, sample_wise_grads_per_batch=True)
-            return tr.self_influence().double().flatten() / p.weight_decay
+            return tr.self_influence().double().flatten()
         f = ArnoldiInfluenceFunction(p.model, p.dataset("train"), _checkpoint(p), checkpoints_load_func=_load,
                                      loss_fn=loss, batch_size=p.batch_size, sample_wise_grads_per_batch=True,
                                      hessian_reg=p.n * p.weight_decay, **opts)

@@ -4,7 +4,7 @@ Conventions fixed here: dattri inverts the Hessian of `loss_func` on EACH batch 
 loader and sums the results (per-batch inversion), so the Hessian-based attributors get the whole
 training set as one batch with the MEAN loss: H is the mean-loss Hessian and regularization = wd.
 Scores are g_i^T H^{-1} g_q, positive = helpful, in [train, query] layout: transposed. TracIn
-(weight 1) is g_q^T g_i and is divided by λ; TRAK's kernel XᵀX is a sum: regularization = n·wd and
+(weight 1) is g_q^T g_i, as influent's identity solver; TRAK's kernel XᵀX is a sum: regularization = n·wd and
 scores × n. EK-FAC estimates its Fisher from the loss with the true labels (the empirical Fisher:
 dattri uses one target function for the Fisher and the test gradients).
 """
@@ -64,7 +64,7 @@ def _method(kind: str, opts: dict) -> Method:
         if kind == "tracin":
             a = TracInAttributor(task, weight_list=torch.ones(1, dtype=next(p.model.parameters()).dtype),
                                  normalized_grad=False, projector_kwargs=opts.get("projector"))
-            return _run(p, a, None, 1.0 / lam)
+            return _run(p, a, None, 1.0)
         if kind == "trak":
             a = TRAKAttributor(task, _correct_probability(p), projector_kwargs=dict(opts), regularization=n * lam)
             return _run(p, a, p.batch_size, float(n), cached_only=True)

@@ -2,7 +2,7 @@
 
 Conventions fixed here: pyDVL's operators average the (mean-reduced) loss curvature over the
 batches of the loader, i.e. the mean-loss curvature, and `regularization` is added to it, so
-λ = wd. In InfluenceMode.Up pyDVL 0.10 returns g_q^T (H + λI)^{-1} g_i, positive = helpful (checked:
+λ = wd. EK-FAC runs on a float32 copy of the model (it fails on float64). In InfluenceMode.Up pyDVL 0.10 returns g_q^T (H + λI)^{-1} g_i, positive = helpful (checked:
 its direct solve equals influent's exact scores to rounding, ratio +1): sign +1. Layout [query, train].
 """
 from __future__ import annotations
@@ -31,9 +31,20 @@ def _model(p: Problem, name: str, opts: dict):
     return cls(p.model, F.cross_entropy, regularization=lam, **kwargs)
 
 
+def _float32(p: Problem) -> Problem:
+    import copy
+    import dataclasses
+
+    f = (lambda t: t.float() if t.is_floating_point() else t)
+    return dataclasses.replace(p, model=copy.deepcopy(p.model).float(), train=tuple(map(f, p.train)),
+                               query=tuple(map(f, p.query)))
+
+
 def _scores(name: str, opts: dict, fit_batch: str = "full") -> Method:
     def run(p: Problem) -> Tensor:
         torch.manual_seed(0)
+        if name == "ekfac" and next(p.model.parameters()).dtype != torch.float32:
+            p = _float32(p)  # pyDVL 0.10's EK-FAC builds float32 factors and fails on a float64 model
         bs = p.n if fit_batch == "full" else p.batch_size
         m = _model(p, name, opts).fit(p.loader("train", bs))
         xq, yq = p.query
