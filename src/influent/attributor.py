@@ -298,7 +298,7 @@ class Attributor:
     def _shard_scores(self, score_block, blocks, n_query: int) -> Tensor:
         """score_matrix over this rank's shard, which may be empty when there are more ranks than examples."""
         if self.n_train_ == 0:
-            return torch.zeros(n_query, 0, dtype=self._compute_dtype)
+            return torch.zeros(n_query, 0, dtype=self._compute_dtype, device=next(self.model.parameters()).device)
         return score_matrix(score_block, blocks, self.n_train_).detach()
 
     def top_k(self, query: Any, k: int, ids: Sequence | None = None, largest: bool = True) -> tuple[Tensor, Tensor]:
