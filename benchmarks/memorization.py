@@ -92,7 +92,7 @@ def refit_last_layer(model, train) -> float:
 def pr(pred, truth) -> dict:
     tp = int((pred & truth).sum())
     k, t = int(pred.sum()), int(truth.sum())
-    return {"count": k, "precision": tp / k if k else float("nan"), "recall": tp / t if t else float("nan")}
+    return {"count": k, "precision": tp / k if k and t else float("nan"), "recall": tp / t if t else float("nan")}
 
 
 def memorisation(model, train, val, flipped) -> dict:
@@ -409,6 +409,13 @@ def merge(prefix: str) -> None:
         ab["config"]["fewer_parameters_note"] = "partial: the (c) run was stopped before it finished"
         if parts:
             ab["config"]["fewer_n"], ab["config"]["lds_subsets"] = parts[0]["n_train"], parts[0]["lds_subsets"]
+    for r in ab["rows"]:  # precision is undefined without flipped labels (runs before pr() said so gave 0)
+        if r["n_flipped"] == 0:
+            for m in r["memorisation"].values():
+                for k in ("sign", "self_influence_same_k"):
+                    if k in m:
+                        m[k]["precision"] = float("nan")
+    ab["summary"] = summarise(ab["rows"])
     write(prefix, ab, table(ab))
     plots(ab, prefix)
 
