@@ -5,7 +5,8 @@ log p_y − log(1 − p_y). Since ∇loss = −(1 − p_y)∇margin, its train s
 query side −g_q/(1 − p_q): positive = helpful already. Fixed here: ΦᵀΦ is a SUM over examples, so
 λ_reg = n·wd (also what makes ΦᵀΦ invertible when the projection is wider than n) and scores are
 multiplied by n; each query row is multiplied by (1 − p_q) to turn the margin into the loss.
-The layout [train, query] is transposed. Projections are dense (BasicProjector; fast_jl is CUDA only).
+The layout [train, query] is transposed. Projections are dense (BasicProjector; fast_jl is CUDA only),
+in two blocks: with one block traker 0.3.2 frees the matrix after featurizing and never redraws it.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _scores(proj_dim: int) -> Method:
 
         dtype = next(p.model.parameters()).dtype
         projector = BasicProjector(grad_dim=p.n_params, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.normal,
-                                   device="cpu", dtype=dtype, block_size=proj_dim)
+                                   device="cpu", dtype=dtype, block_size=proj_dim // 2)
         tr = TRAKer(model=p.model, task="image_classification", train_set_size=p.n,
                     save_dir=str(p.workdir / f"trak-{proj_dim}"), device="cpu",
                     projector=projector, proj_dim=proj_dim, use_half_precision=False,
