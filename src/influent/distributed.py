@@ -189,18 +189,16 @@ def map_preconditioned(solver: Any, blocks: Iterable[tuple[int, Tensor]], width:
     if solve_is_local(solver):
         out = [fn(precondition(solver, G), G) for _, G in blocks]
     else:
-        blocks = list(blocks)
-        n_steps = torch.tensor([len(blocks)], dtype=torch.int64, device=_comm_device())
-        dist.all_reduce(n_steps, op=dist.ReduceOp.MAX)
-        for step in range(int(n_steps.item())):
-            G = blocks[step][1] if step < len(blocks) else torch.zeros(0, width, dtype=dtype)
+        mine = iter(blocks)
+        while True:  # one step per block until every rank has run out (shards may differ by a block)
+            step = next(mine, None)
+            G = step[1] if step is not None else torch.zeros(0, width, dtype=dtype)
             counts_t = [torch.zeros(1, dtype=torch.int64, device=_comm_device()) for _ in range(size)]
             dist.all_gather(counts_t, torch.tensor([G.shape[0]], dtype=torch.int64, device=_comm_device()))
             counts = [int(c.item()) for c in counts_t]
             if sum(counts) == 0:
-                continue
+                break
             everyone = torch.cat(_all_gather_rows(G, counts))
             start = sum(counts[:rank])
-            PG = precondition(solver, everyone)[start: start + G.shape[0]]
-            out.append(fn(PG, G))
+            out.append(fn(precondition(solver, everyone)[start: start + G.shape[0]], G))
     return torch.cat(out) if out else torch.zeros(0, dtype=dtype)
