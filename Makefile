@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-demo: install  ## train a digits classifier, attribute its predictions, print proponents/opponents
+demo: install  ## train a digits classifier, attribute its predictions, write the HTML report
 	$(VENV)/bin/influent demo
 
 test: install  ## the whole suite (slow and GPU checks are skipped by default)
