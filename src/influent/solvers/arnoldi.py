@@ -62,6 +62,8 @@ class Arnoldi(Solver):
         n_found = theta.numel()
         keep = self._policy(theta)
         theta, U = theta[keep], U[:, keep]
+        ritz = self._beta * U[-1].abs()                             # ‖H u_m − θ_m u_m‖, relative to ‖H‖ ≈ max|θ|
+        self.info_["residual"] = float(ritz.max() / theta.abs().max()) if theta.numel() else 0.0
         self.eigenvalues_ = theta
         self.eigenvectors_ = Q @ U.to(Q.dtype)                        # u_m = Σ_i U[i, m] q_i: [P, r]
         self.rank_ = int(theta.numel())
@@ -110,6 +112,7 @@ class Arnoldi(Solver):
             if i + 1 < n:
                 Q[i + 1] = w / beta
         self.info_["early_stop"] = k < n
+        self._beta = float(A[k, k - 1])                             # ‖H u − θ u‖ = β·|last entry of u| (Ritz)
         return Q[:k].T, A[:k, :k], k
 
     def _policy(self, theta: Tensor) -> Tensor:
