@@ -145,7 +145,7 @@ def run_one(task: str, lib: str, name: str, quick: bool, out: Path, threads: int
 
 
 # ----- ground truth ------------------------------------------------------------------------------
-def ground_truth(task: str, p: Problem, quick: bool, workers: int) -> dict:
+def ground_truth(task: str, p: Problem, quick: bool, workers: int, part: str = "all") -> dict:
     """LOO (task a), LDS subsets' outcomes and the noise ceiling (task a), from influent.eval."""
     import torch
 
@@ -159,6 +159,9 @@ def ground_truth(task: str, p: Problem, quick: bool, workers: int) -> dict:
     rt = Retrainer(p.model, t_task, p.train, WD, **opts)
     out: dict = {"options": gt, "retrainer": rt}
     t0 = time.perf_counter()
+    if part == "ceiling":  # only fill the cache with the ceiling's retrainings (run beside a full run)
+        noise_ceiling(p.model, t_task, p.train, p.query, WD, m=gt["m"], alpha=gt["alpha"], **opts)
+        return out
     rt.fit_many(list(random_subsets(p.n, gt["m"], gt["alpha"], 0)), description="LDS retraining")  # cached for lds()
     if task == "a":
         removed = torch.randperm(p.n, generator=torch.Generator().manual_seed(1))[: gt["loo"]].tolist()
@@ -252,7 +255,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="retraining processes for the ground truth")
     ap.add_argument("--in-process", action="store_true",
                     help="run methods in this process (faster start; peak RSS no longer per method)")
-    ap.add_argument("--ground-truth-only", action="store_true", help="fill the retraining cache and stop")
+    ap.add_argument("--ground-truth-only", choices=["all", "ceiling"], help="fill the retraining cache and stop")
     ap.add_argument("--one", nargs=5, metavar=("TASK", "LIB", "METHOD", "OUT", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -263,13 +266,14 @@ def main() -> None:
     if args.ground_truth_only:
         import tempfile
         for task in [t for t in tasks if t != "c"]:
-            gt = ground_truth(task, problem(task, args.quick, Path(tempfile.mkdtemp()))[0], args.quick, args.workers)
+            gt = ground_truth(task, problem(task, args.quick, Path(tempfile.mkdtemp()))[0], args.quick, args.workers,
+                              args.ground_truth_only)
             print(task, {k: v for k, v in gt.items() if k in ("options", "retrain_seconds")}, flush=True)
         return
     name = "vs_libraries" + ("_quick" if args.quick else "")
     path = Path(__file__).resolve().parent / "results" / f"{name}.json"
     payload = json.loads(path.read_text()) if path.exists() else {}
-    payload.update({"machine": machine(), "command": " ".join(["python benchmarks/vs_libraries.py", *sys.argv[1:]]),
+    payload.update({"machine": machine(), "in_process": args.in_process, "command": " ".join(["python benchmarks/vs_libraries.py", *sys.argv[1:]]),
                     "versions": versions()})
     for task in tasks:
         result = run_task(task, args)

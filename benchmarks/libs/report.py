@@ -12,7 +12,7 @@ def _f(x, fmt: str = ".3f") -> str:
 
 def _best(rows: dict, key: str, influent: bool) -> tuple[str, dict] | None:
     pool = [(k, r) for k, r in rows.items() if "error" not in r and k not in EXACT
-            and k.startswith("influent:") == influent and r.get(key) == r.get(key)]
+            and k.startswith("influent:") == influent and r.get(key) is not None and r.get(key) == r.get(key)]
     return max(pool, key=lambda kr: kr[1][key]) if pool else None
 
 
@@ -29,14 +29,14 @@ def targets(task: str, rows: dict) -> list[str]:
     lines = []
     if task == "a":
         fast = [(k, r) for k, r in rows.items() if k.startswith("influent:") and k not in EXACT and "error" not in r
-                and r["lds"] >= t["lds"] and r["seconds"] <= t["seconds"] / 3]
+                and r.get("lds", -1) >= t["lds"] and r["seconds"] <= t["seconds"] / 3]
         lines.append(f"- best library approximation: {tn}, LDS {t['lds']:.3f} in {t['seconds']:.2f} s; influent "
                      f"methods with LDS ≥ it in ≤ 1/3 of its time: "
                      + (", ".join(f"{k.split(': ')[1]} ({r['lds']:.3f}, {r['seconds']:.2f} s)" for k, r in fast)
                         if fast else "none (MISSED)"))
     else:
         beaten = [k for k, r in rows.items() if not k.startswith("influent:") and "error" not in r
-                  and not (o["lds"] >= r["lds"] and o["seconds"] < r["seconds"])]
+                  and not (o["lds"] >= r.get("lds", -1) and o["seconds"] < r["seconds"])]
         lines.append(f"- influent's best {kn}: LDS {o['lds']:.3f} in {o['seconds']:.1f} s; libraries not beaten on "
                      f"both LDS and time: {', '.join(beaten) if beaten else 'none (met)'}")
     return lines
@@ -46,8 +46,11 @@ def table(payload: dict) -> str:
     m, v = payload["machine"], payload["versions"]
     lines = ["## influent vs other libraries (`" + payload["command"] + "`)", "",
              f"Machine: {m['cores']} CPU cores shared with other jobs (timings are under contention), torch "
-             f"{m['torch']}, one torch thread per method, each method in its own process (peak RSS is that "
-             "process's). Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x) + ". Every column uses "
+             f"{m['torch']}, one torch thread per method, "
+             + ("all methods one after another in one process (--in-process: peak RSS is that process's running "
+                "peak, not per method). " if payload.get("in_process") else
+                "each method in its own process (peak RSS is that process's). ")
+             + "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x) + ". Every column uses "
              "influent's convention (score = g_qᵀ(H + λI)⁻¹g_i, H of the mean loss, λ = weight decay 1e-3, "
              "positive = helpful); benchmarks/libs/ documents each library's conversion.", ""]
     if "a" in payload:
@@ -67,24 +70,25 @@ def table(payload: dict) -> str:
                 lines.append(f"| {lib} | {name} | – | – | – | – | {r['error'][:80]} |")
             else:
                 lines.append(f"| {lib} | {name} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
-                             f"{_f(r['spearman_vs_exact'])} | {_f(r['loo_pearson'])} / {_f(r['loo_pearson_stable'])}"
-                             f" | {_f(r['lds'])} |")
+                             f"{_f(r.get('spearman_vs_exact'))} | {_f(r.get('loo_pearson'))} / "
+                             f"{_f(r.get('loo_pearson_stable'))} | {_f(r.get('lds'))} |")
         lines += [""] + targets("a", a["rows"]) + [""]
     if "b" in payload:
         b = payload["b"]
         gt, pr = b.get("ground_truth", {}), b["problem"]
         lines += [f"### (b) MNIST, MLP 784→128→10 tanh ({pr['n_params']:,} params), {pr['n_train']:,} train × "
                   f"{pr['n_query']} queries", "",
-                  f"Ground truth: LDS over m={gt.get('m')} subsets of α={gt.get('alpha')} (the issue's default is "
+                  "" if not gt else f"Ground truth: LDS over m={gt.get('m')} subsets of α={gt.get('alpha')} (the issue's default is "
                   f"m=50), each retrained warm-started from θ* with at most {gt.get('max_iter')} full-batch "
                   f"{gt.get('method')} iterations in float64 ({gt.get('unconverged')} of {gt.get('m')} stopped above "
                   f"‖∇R‖ = 10·{gt.get('tol')}; {_f(gt.get('retrain_seconds'), '.0f')} s): a budget that fits 2 shared "
                   "CPU cores, not a strict optimum.", "",
+                  *([f"Note: {b['note']}.", ""] if b.get("note") else []),
                   "| library | method | seconds | peak RSS MB | LDS |", "|---|---|---:|---:|---:|"]
         for k, r in b["rows"].items():
             lib, name = k.split(": ", 1)
             lines.append(f"| {lib} | {name} | – | – | {r['error'][:80]} |" if "error" in r else
-                         f"| {lib} | {name} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {_f(r['lds'])} |")
+                         f"| {lib} | {name} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {_f(r.get('lds'))} |")
         lines += [""] + targets("b", b["rows"]) + [""]
     if "c" in payload:
         c = payload["c"]
