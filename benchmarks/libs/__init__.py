@@ -80,3 +80,13 @@ def as_scores(values, n_query: int, n_train: int, *, transpose: bool = False, si
     if tuple(v.shape) != (n_query, n_train):
         raise ValueError(f"adapter produced shape {tuple(v.shape)}, expected {(n_query, n_train)}")
     return (sign * scale) * v.contiguous()
+
+
+def float32_copy(p: Problem) -> Problem:
+    """The same problem on a float32 copy of the model and data (for methods that fail on float64)."""
+    import copy
+    import dataclasses
+
+    f = (lambda t: t.float() if t.is_floating_point() else t)
+    return dataclasses.replace(p, model=copy.deepcopy(p.model).float(), train=tuple(map(f, p.train)),
+                               query=tuple(map(f, p.query)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import Method, Problem, as_scores
+from . import Method, Problem, as_scores, float32_copy
 
 
 def _model(p: Problem, name: str, opts: dict):
@@ -31,20 +31,11 @@ def _model(p: Problem, name: str, opts: dict):
     return cls(p.model, F.cross_entropy, regularization=lam, **kwargs)
 
 
-def _float32(p: Problem) -> Problem:
-    import copy
-    import dataclasses
-
-    f = (lambda t: t.float() if t.is_floating_point() else t)
-    return dataclasses.replace(p, model=copy.deepcopy(p.model).float(), train=tuple(map(f, p.train)),
-                               query=tuple(map(f, p.query)))
-
-
 def _scores(name: str, opts: dict, fit_batch: str = "full") -> Method:
     def run(p: Problem) -> Tensor:
         torch.manual_seed(0)
         if name == "ekfac" and next(p.model.parameters()).dtype != torch.float32:
-            p = _float32(p)  # pyDVL 0.10's EK-FAC builds float32 factors and fails on a float64 model
+            p = float32_copy(p)  # pyDVL 0.10's EK-FAC builds float32 factors and fails on a float64 model
         bs = p.n if fit_batch == "full" else p.batch_size
         m = _model(p, name, opts).fit(p.loader("train", bs))
         xq, yq = p.query
