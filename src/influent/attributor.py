@@ -176,8 +176,14 @@ class Attributor:
         label = "training gradients" if self.compressor_ is None else "compressed training gradients"
         if len(examples) == 0:  # an empty distributed shard (more ranks than examples)
             return torch.zeros(0, width, dtype=self._compute_dtype, device=next(self.model.parameters()).device)
-        return torch.cat([compute(b) for _, b in track(examples.batches(rows), -(-len(examples) // rows),
-                                                         label, self.progress)])
+        out = None  # filled block by block: never the blocks and their concatenation at once
+        for _, b in track(examples.batches(rows), -(-len(examples) // rows), label, self.progress):
+            block = compute(b)
+            if out is None:
+                out, offset = block.new_empty(len(examples), block.shape[1]), 0
+            out[offset: offset + block.shape[0]] = block
+            offset += block.shape[0]
+        return out
 
     def _store_config(self) -> dict:
         return {"params": list(self.space_.names), "task": self.task.describe(),

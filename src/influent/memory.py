@@ -91,20 +91,31 @@ class MemoryPlan:
                 "budget": self.budget}
 
 
+HVP_VECTORS = 32          # vectors per vmapped product (curvature.exact.VMAP_CHUNK)
+LINEARIZED_EXAMPLES = 8192  # examples whose linearisation is cached (curvature.exact.LINEARIZE_MAX_EXAMPLES)
+
+
 def curvature_bytes(curvature: str, solver: str, P: int, width: int, layers: list[tuple[int, int]] | None,
-                    n_query: int, iterations: int = 200, rank: int = 100) -> tuple[int, int]:
-    """(working bytes while fitting, bytes kept afterwards) of the curvature + solver, float64."""
+                    n_query: int, iterations: int = 200, rank: int = 100, n_curv: int = 0,
+                    act_per_example: int = 0) -> tuple[int, int]:
+    """(working bytes while fitting, bytes kept afterwards) of the curvature + solver, float64.
+
+    Exact curvatures (Hessian, GGN, Fisher) on uncompressed gradients are products through the model:
+    each vmapped product keeps the activations of the cached examples once per vector."""
     if curvature == "identity" or solver == "identity":
         return 0, 0
+    products = 0
+    if width == P and curvature in ("hessian", "ggn", "fisher"):
+        products = HVP_VECTORS * min(n_curv, LINEARIZED_EXAMPLES) * act_per_example * 2
     if curvature in ("kfac", "ekfac") and layers:
         kron = sum(o * o + a * a for o, a in layers) * 8
         eig = sum(o * a for o, a in layers) * 8 if curvature == "ekfac" else 0
         return 3 * kron + eig, 2 * kron + eig
     if solver == "direct":
-        return 3 * width * width * 8, width * width * 8
+        return 3 * width * width * 8 + products, width * width * 8
     if solver == "arnoldi":
-        return (iterations + 2) * width * 8 + iterations ** 2 * 8, rank * width * 8
-    return 8 * width * max(n_query, 1) * 8, 0  # cg / lissa: a few [P, m] blocks
+        return (iterations + 2) * width * 8 + iterations ** 2 * 8 + products, rank * width * 8
+    return 8 * width * max(n_query, 1) * 8 + products, 0  # cg / lissa: a few [P, m] blocks
 
 
 def plan(*, P: int, width: int, n_train: int, n_query: int, itemsize: int, rows: int, act_per_example: int,
@@ -112,7 +123,8 @@ def plan(*, P: int, width: int, n_train: int, n_query: int, itemsize: int, rows:
          full_scores: bool, top_k: int = 10, base: int | None = None, budget: int | str | None = None,
          factored: bool = False) -> MemoryPlan:
     """Predict the peak of fit + score. `width` is k with compression, else P."""
-    fit_work, kept = curvature_bytes(curvature, solver, P, width, layers, n_query)
+    fit_work, kept = curvature_bytes(curvature, solver, P, width, layers, n_query, n_curv=n_train,
+                                     act_per_example=act_per_example)
     grad_row = (0 if factored else P * itemsize * 2) + act_per_example
     stages = {"gradients": rows * grad_row + rows * width * itemsize, "curvature": fit_work,
               "scoring": n_query * (width * 8 + grad_row) + (n_query * n_train * itemsize if full_scores
