@@ -542,10 +542,10 @@ def cost_table(results: dict) -> list[str]:
                      f"{t_s / t_n:.0f}× | {sj['compress_seconds_per_1000'][0] / t_n:.0f}× | "
                      f"{seconds_str(fg['seconds_per_1000'])} | {t_f / t_n:.1f}× | "
                      f"{human_bytes(state)} | {verdict} |")
-    lines += ["", "Dropout's `state_bytes` counts `indices_` (int64) and `weights_` (float64) for each kept entry: "
-              "16·k bytes, O(k) rather than O(1), although the map is a function of the seed (the neuron level "
-              "needs only |O| + |I| ≈ 2√k indices; Gaussian, Rademacher and SJLT regenerate theirs and store "
-              "nothing). At large k both factored maps are bound by writing the [B, k] output (an outer product "
+    lines += ["", "Neuron-level dropout stores nothing: its kept rows and columns are redrawn from (seed, layer) "
+              "on each call (O(out + d_a) per layer, included in its time). Element-level dropout keeps its k "
+              "coordinates and scales (16·k bytes); Gaussian, Rademacher and SJLT regenerate their maps and store "
+              "nothing. At large k both factored maps are bound by writing the [B, k] output (an outer product "
               "of the kept rows and columns, then a scale), so neuron dropout's lead over FactoredGaussian "
               "(whose two small matmuls are cheap) shrinks as k grows.", ""]
     return lines
