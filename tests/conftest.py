@@ -23,3 +23,13 @@ def mnist():
         return load_mnist("train")
     except DatasetNotAvailable as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription; restored afterwards.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
