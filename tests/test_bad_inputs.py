@@ -7,7 +7,6 @@ tests/test_errors.py (which keeps its own 15 basic cases) with variants that tak
 """
 from __future__ import annotations
 
-import json
 import textwrap
 
 import pytest
@@ -110,7 +109,7 @@ def store_with_rows(tmp, fingerprint="model-a", config=None):
 
 
 def corrupt(tmp, how: str):
-    s = store_with_rows(tmp)
+    store_with_rows(tmp)
     shard = tmp / "store" / "shard-00001.safetensors"
     data = shard.read_bytes()
     if how == "flip":

@@ -63,7 +63,6 @@ class GradientIndex:
     def build(cls, attr, kind: str = "flat", nlist: int | None = None, M: int = 32, train_rows: int = 100_000,
               seed: int = 0) -> "GradientIndex":
         """Add every training row of a fitted Attributor (streamed from its cache or store)."""
-        faiss = _faiss()
         n = attr.n_train_
         dim = attr.compressor_.k_ if attr.compressor_ is not None else attr.space_.numel
         index = make_faiss_index(dim, kind, n, nlist, M)
