@@ -84,6 +84,18 @@ def compress_both(comp, G: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor,
     return R[: G.shape[0]], R[G.shape[0]:]
 
 
+def runs_from_log(path: str) -> list[dict]:
+    """Runs printed as 'method k=K seed=S: rho' by an earlier run on the same data and model."""
+    import re
+
+    out = []
+    for line in Path(path).read_text().splitlines():
+        m = re.fullmatch(r"(\S+) k=(\d+) seed=(\d+): (-?[0-9.]+)", line.strip())
+        if m:
+            out.append({"method": m[1], "k": int(m[2]), "seed": int(m[3]), "spearman": float(m[4]), "from_log": True})
+    return out
+
+
 def check_against_attributor(model, task, train, query, k: int, exact_like: torch.Tensor) -> float:
     """Max relative difference between the Woodbury scores and the Attributor's direct k × k path."""
     import influent as inf
@@ -101,7 +113,18 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--gaussian-max-k", type=int, default=10_177, help="skip the dense Gaussian above this k")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--from-log", help="also take the runs printed by an earlier, interrupted run (its stdout)")
+    ap.add_argument("--render", action="store_true", help="rewrite the Markdown from results/compression_mnist.json")
     a = ap.parse_args()
+    if a.render:
+        import json
+
+        from _common import RESULTS
+
+        res = json.loads((RESULTS / "compression_mnist.json").read_text())
+        (RESULTS / "compression_mnist.md").write_text(table(res))
+        return
     if a.quick:
         a.train, a.seeds = 1000, 2
     torch.set_num_threads(2)
@@ -119,8 +142,8 @@ def main() -> None:
     from influent.factors import plan_factors
 
     layers = plan_factors(model, space)
-    runs = []
-    for name in METHODS:
+    runs = runs_from_log(a.from_log) if a.from_log else []
+    for name in a.methods:
         for k in ks:
             if name == "gaussian" and k > a.gaussian_max_k:
                 runs.append({"method": name, "k": k, "skipped": f"dense Gaussian above k={a.gaussian_max_k} "
@@ -156,13 +179,15 @@ def table(res: dict) -> str:
     lines = [f"## Compression fidelity on MNIST (`python benchmarks/compression_mnist.py{' --quick' if o['quick'] else ''}`)",
              "",
              f"MLP 784→128→10 tanh (P = {res['P']:,}), float32, trained by L-BFGS on {o['train']:,} MNIST training "
-             f"images (seeded subset; gradient norm {info['grad_norm']:.1e}, test accuracy {info['test_accuracy']:.3f}), "
+             f"images (seeded subset; {_info(info, 'grad_norm', '.1e', 'gradient norm')}, "
+             f"{_info(info, 'test_accuracy', '.3f', 'test accuracy')}), "
              f"{o['queries']} test queries, weight decay = damping = {DAMPING}. Reference: exact empirical-Fisher "
-             f"influence (Woodbury, {info['exact_seconds']:.1f} s). Spearman per query vs the reference, mean ± sd over "
-             f"{o['seeds']} seeds (one at k = P, where every compressor is deterministic up to a rotation). "
-             f"The Woodbury path equals the Attributor's direct k × k solve (max relative difference "
-             f"{info['attributor_check_rel_diff']:.1e} at k = {ks[0]}). Total {res['wall_seconds'] / 60:.1f} min, "
-             f"peak RSS {res['peak_rss_mb']:.0f} MB; 2 shared cores.",
+             f"influence (Woodbury; {_info(info, 'exact_seconds', '.1f', 'seconds')}). Spearman per query vs the reference, mean ± sd over "
+             "seeds (count per row; one at k = P). Rows marked 5 seeds come from a first run that was stopped after the "
+             "two dropout rows (same seeds, data and deterministic CPU training, so the same model and reference; runs taken from its log). "
+             f"The Woodbury path vs the Attributor's direct k × k solve at k = {ks[0]}: "
+             f"{_info(info, 'attributor_check_rel_diff', '.1e', 'max relative difference')}. "
+             f"{res.get('note', '')} 2 shared cores.",
              "",
              "| compressor | " + " | ".join(f"{f} ({k:,})" for f, k in zip(fracs, ks)) + " |",
              "|---|" + "---:|" * len(ks)]
@@ -178,15 +203,23 @@ def table(res: dict) -> str:
                 cells.append("not run")
                 continue
             xs = [r["spearman"] for r in rs]
+            if not xs:
+                cells.append("–")
+                continue
             m, sd = statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
             if name == "gaussian":
                 gauss[k] = m
             cells.append(f"{m:.3f} ± {sd:.3f}")
-        lines.append(f"| {FID_VARIANTS[name]} | " + " | ".join(cells) + " |")
-    lines += ["", "Dropout vs Gaussian (target: within 0.02 at each k): " + "; ".join(
+        seeds = max((len(by.get((name, k), [])) for k in ks[:-1]), default=0)
+        lines.append(f"| {FID_VARIANTS[name]} ({seeds} seeds) | " + " | ".join(cells) + " |")
+    lines += ["", "Dropout vs Gaussian (target: within 0.02 at each k): " + ("; ".join(
         f"k={k:,}: element {_mean(by, 'dropout-element', k) - g:+.3f}, neuron {_mean(by, 'dropout-neuron', k) - g:+.3f}"
-        for k, g in gauss.items()) + ".", ""]
+        for k, g in gauss.items()) or "no Gaussian run finished") + ".", ""]
     return "\n".join(lines)
+
+
+def _info(info: dict, key: str, fmt: str, label: str) -> str:
+    return f"{label} {format(info[key], fmt)}" if key in info else f"{label} not recorded"
 
 
 def _mean(by: dict, name: str, k: int) -> float:
