@@ -28,13 +28,7 @@ X, Y = blobs(12, 5, 3)
 CLS = inf.Task.classification()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared machine: one thread avoids oversubscription (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp() -> nn.Module:

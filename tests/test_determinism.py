@@ -16,13 +16,7 @@ X, Y = blobs(40, 5, 3, seed=4)
 XQ, YQ = X[:4], Y[:4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared machine: one thread avoids oversubscription (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model() -> nn.Module:

@@ -17,13 +17,7 @@ from influent.train import fit_lbfgs
 X, Y = blobs(30, 5, 3, seed=7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared machine: one thread avoids oversubscription (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained(dtype=torch.float64) -> nn.Module:
