@@ -307,7 +307,9 @@ class Attributor:
         curv = self.curvature if isinstance(self.curvature, str) else "custom"
         solver = self.solver if isinstance(self.solver, str) else getattr(self.solver, "name", "custom")
         layers = [(l.out, l.d_a) for l in self.factor_layers_] if self.factor_layers_ else None
-        act = memory.activation_bytes(self.fn_, next(examples.batches(1))[1]) if n else 0
+        if n_query == 0 or getattr(self, "activation_bytes_", None) is None:  # measured at fit, reused by score
+            self.activation_bytes_ = memory.activation_bytes(self.fn_, next(examples.batches(1))[1]) if n else 0
+        act = self.activation_bytes_
         rows = self._rows() if self.compressor_ is None else self.batch_size
         plan = memory.plan(P=self.space_.numel, width=width, n_train=n, n_query=n_query, itemsize=itemsize,
                            rows=rows, act_per_example=act, curvature=curv, solver=solver, layers=layers,
