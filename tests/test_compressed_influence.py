@@ -44,6 +44,25 @@ def test_compressed_scores_follow_the_formula(compressor, solver):
     torch.testing.assert_close(attr.score((XQ, YQ)).values, expected, rtol=1e-6, atol=1e-7)
 
 
+def test_empirical_fisher_from_the_training_rows_equals_a_separate_curvature_pass(tmp_path):
+    # no sampler: H_C is the mean outer product of the rows kept for scoring (one gradient pass); a
+    # sampler over the whole set, and rows streamed from a store, must give the same scores
+    from influent.sampling import Random
+
+    model = seeded(_mlp)
+
+    def fitted(**kw):
+        store = kw.pop("store", None)
+        return inf.Attributor(model, inf.Task.classification(), curvature="empirical_fisher", damping=0.1,
+                              compress=Dropout(k=20, level="neuron", seed=1), **kw).fit((X, Y), store=store)
+
+    one_pass = fitted()
+    assert "curvature" in one_pass.timings_ and one_pass.train_grads_ is not None
+    for other in (fitted(sampler=Random(len(X))), fitted(cache_bytes=0, store=tmp_path / "s")):
+        torch.testing.assert_close(one_pass.score((XQ, YQ)).values, other.score((XQ, YQ)).values,
+                                   rtol=1e-10, atol=1e-12)
+
+
 def test_pca_is_fitted_on_training_gradients_and_saved(tmp_path):
     model = seeded(_mlp)
     attr = inf.Attributor(model, inf.Task.classification(), curvature="ggn", damping=0.1,

@@ -17,7 +17,7 @@ from .grads import ModelFunction, check_batch, eval_mode
 from .inputs import Examples, as_examples
 from .params import check_finite_params, select_params
 from .compress import make_compressor
-from .compressed import compressed_curvature, compressed_rows
+from .compressed import compressed_curvature, compressed_rows, rows_second_moment
 from .progress import stage, track
 from .store import GradientStore, fill_store
 from .sampling import make_sampler
@@ -103,15 +103,15 @@ class Attributor:
             positions = list(range(len(examples))) if sampler is None else sampler.select(examples, self.fn_, self.seed)
             self.curvature_ids_ = [examples.ids[i] for i in positions]
             curv_set = examples if sampler is None else examples.subset(positions)
-            with stage("curvature", self.progress):
-                self.curvature_ = self._make_curvature(curv_set)
-            self.timings_["curvature"] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            curv_name = self.curvature if isinstance(self.curvature, str) else type(self.curvature).__name__
-            self.solver_ = make_solver(self.solver, curvature_name=curv_name, size=self.curvature_.size, seed=self.seed)
-            with stage(f"{self.solver_.name} fit", self.progress):
-                self.solver_.fit(self.curvature_, self.damping)
-            self.timings_["solver_fit"] = time.perf_counter() - t1
+            # the empirical Fisher of compressed gradients over the whole training set is the mean
+            # outer product of the training rows themselves: one gradient pass instead of two
+            from_rows = (self.compressor_ is not None and self.curvature == "empirical_fisher"
+                         and sampler is None and self.partition_ is None)
+            if not from_rows:
+                with stage("curvature", self.progress):
+                    self.curvature_ = self._make_curvature(curv_set)
+                self.timings_["curvature"] = time.perf_counter() - t0
+                self._fit_solver()
             t2 = time.perf_counter()
             if self.partition_ is not None:  # this rank keeps, stores and scores only its own shard
                 examples = examples.subset(self.partition_.positions)
@@ -120,8 +120,21 @@ class Attributor:
             self.store_ = None
             self.train_grads_ = self._training_rows(examples, store)
             self.timings_["train_gradients"] = time.perf_counter() - t2
+            if from_rows:
+                t3 = time.perf_counter()
+                self.curvature_ = rows_second_moment(self._train_blocks(), self._compute_dtype)
+                self.timings_["curvature"] = time.perf_counter() - t3
+                self._fit_solver()
         self.timings_["fit_total"] = time.perf_counter() - t0
         return self
+
+    def _fit_solver(self) -> None:
+        t1 = time.perf_counter()
+        curv_name = self.curvature if isinstance(self.curvature, str) else type(self.curvature).__name__
+        self.solver_ = make_solver(self.solver, curvature_name=curv_name, size=self.curvature_.size, seed=self.seed)
+        with stage(f"{self.solver_.name} fit", self.progress):
+            self.solver_.fit(self.curvature_, self.damping)
+        self.timings_["solver_fit"] = time.perf_counter() - t1
 
     def _fit_compressor(self, examples: Examples):
         compressor = make_compressor(self.compress)

