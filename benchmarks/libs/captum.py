@@ -3,7 +3,10 @@
 Conventions fixed here: Captum's influence functions use the Hessian of the SUM of the training
 losses and add `hessian_reg` to it, so hessian_reg = n·wd gives n(H + wd·I) and the scores are
 multiplied by n. TracIn scores are learning-rate × g_q^T g_i: with rate 1 they equal influent's
-identity solver (g_q^T g_i, which ignores damping; checked: ratio 1.000). All are positive = helpful, [query, train].
+identity solver (g_q^T g_i, which ignores damping; checked: ratio 1.000); TracInCPFastRandProj
+projects the last layer's gradient factors to √64 × √64 dimensions, so it estimates the same
+last-layer product. `influence` is always called with k=None (the full matrix; RandProj defaults to
+top-5). All are positive = helpful, [query, train].
 The loss is CrossEntropyLoss(reduction="sum"), whose per-example gradients are influent's g_i.
 """
 from __future__ import annotations
@@ -38,7 +41,9 @@ def _tracin(kind: str, opts: dict) -> Method:
             last = [m for m in p.model.modules() if isinstance(m, torch.nn.Linear)][-1]
             cls = TracInCPFast if kind == "TracInCPFast" else TracInCPFastRandProj
             tr = cls(p.model, final_fc_layer=last, **common, **opts)
-        v = tr.influence(tuple(p.query))
+        # k=None asks for the full score matrix: TracInCPFastRandProj.influence defaults to k=5 (top-5
+        # proponents, a KMostInfluentialResults) unlike TracInCP/TracInCPFast, whose default is k=None
+        v = tr.influence(tuple(p.query), k=None)
         return as_scores(v, len(p.query[1]), p.n)
     return run
 
