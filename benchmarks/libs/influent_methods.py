@@ -12,6 +12,7 @@ from . import Method, Problem
 SMALL = {
     "hessian+direct (exact)": ("hessian", "direct", None),
     "ggn+direct": ("ggn", "direct", None),
+    "empirical_fisher+direct": ("empirical_fisher", "direct", None),
     "ekfac+direct": ("ekfac", "direct", None),
     "kfac+direct": ("kfac", "direct", None),
     "ggn+arnoldi r=100": ("ggn", "arnoldi", dict(rank=100, iterations=200)),
