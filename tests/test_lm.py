@@ -89,3 +89,8 @@ def test_smollm2_demo_pipeline_on_a_tiny_llama(tmp_path):
                                                   for e in first["proponents"])
     stages = json.loads((tmp_path / "timings.json").read_text())["stages"]
     assert [s["name"].split()[0] for s in stages][:3] == ["loading", "packing", "fit:"]
+    assert (tmp_path / "gradients").is_dir()  # a rerun resumes from the stored compressed rows
+    run_lm_demo(tmp_path, n_train=3, length=8, k=90, top=2, progress=False, say=lambda s: None,
+                model=(tiny_llama(dtype=torch.float32), WordTokenizer()), texts=TEXTS)
+    second = json.loads((tmp_path / "record.json").read_text())["queries"][0]
+    assert [e["id"] for e in second["proponents"]] == [e["id"] for e in first["proponents"]]

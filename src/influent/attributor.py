@@ -1,7 +1,6 @@
 """Attributor: the estimator that wires task, parameters, curvature, solver and scoring."""
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -9,15 +8,15 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .curvature import CURVATURES, DenseOperator, make_curvature
+from .curvature import CURVATURES, make_curvature
 from . import distributed
-from .errors import ConfigMismatchError, InputError, NotFittedError
+from .errors import InputError, NotFittedError
 from .grads import ModelFunction, check_batch, eval_mode
 from .inputs import Examples, as_examples
 from .params import check_finite_params, select_params
 from .compress import make_compressor
 from .compressed import compressed_curvature, compressed_rows, rows_second_moment
+from .persistence import load_state, model_fingerprint, save_state
 from .progress import stage, track
 from .store import GradientStore, fill_store
 from .sampling import make_sampler
@@ -221,7 +220,8 @@ class Attributor:
 
     def _train_blocks(self):
         if self.train_grads_ is not None:
-            rows = self._rows()
+            G = self.train_grads_  # compressed rows: blocks sized by their width k, not by P
+            rows = self._rows() if self.compressor_ is None else block_rows(G.shape[1], G.element_size(), len(G) or 1)
             return ((o, self.train_grads_[o: o + rows]) for o in range(0, self.n_train_, rows))
         if self.store_ is not None:
             return ((o, rows.to(self._compute_dtype)) for o, rows in self.store_.blocks())
@@ -430,54 +430,9 @@ class Attributor:
         store instead of the training data: `load` then scores new queries from the store alone.
         """
         self._check_fitted()
-        from_store = self.store_ is not None and self.compressor_ is not None
-        state = {"influent": __version__, "config": self._config(), "fingerprint": model_fingerprint(self.model, self.space_),
-                 "space": list(self.space_.names), "curvature_ids": self.curvature_ids_,
-                 "train": None if from_store else self.train_examples_,
-                 "train_grads": None if from_store else self.train_grads_,
-                 "store": str(self.store_.path) if from_store else None,
-                 "curvature_matrix": self.curvature_.dense() if from_store else None,
-                 "solver": self.solver_.state_dict(), "solver_object": self.solver, "compressor": self.compressor_}
-        torch.save(state, Path(path))
+        save_state(self, path)
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, task: Task, **overrides: Any) -> "Attributor":
         """Restore a saved attributor for `model`; refuses a model whose weights differ."""
-        state = torch.load(Path(path), weights_only=False)
-        cfg = state["config"]
-        attr = cls(model, task, params=state["space"], curvature=cfg["curvature"], solver=state["solver_object"],
-                   damping=cfg["damping"], batch_size=cfg["batch_size"], seed=cfg["seed"], **overrides)
-        attr.space_ = select_params(model, list(state["space"]))
-        if model_fingerprint(model, attr.space_) != state["fingerprint"]:
-            raise ConfigMismatchError(f"{path} was saved for a model with different weights or parameters; "
-                                      "load it with the model it was fitted on, or refit")
-        with eval_mode(model):
-            attr.fn_ = ModelFunction(model, task, attr.space_)
-            attr.factor_layers_ = plan_factors(model, attr.space_)
-            attr.compressor_, attr.store_ = state.get("compressor"), None
-            examples: Examples | None = state["train"]
-            if examples is None:  # scored from the gradient store: no training data needed
-                attr.store_ = GradientStore.open(state["store"], fingerprint=state["fingerprint"])
-                attr.curvature_ = DenseOperator(state["curvature_matrix"])
-                train_ids = attr.store_.ids
-            else:
-                pos = {i: j for j, i in enumerate(examples.ids)}
-                attr.curvature_ = attr._make_curvature(examples.subset([pos[i] for i in state["curvature_ids"]]))
-                train_ids = list(examples.ids)
-            attr.solver_ = make_solver(state["solver_object"], curvature_name=str(cfg["curvature"]),
-                                       size=attr.curvature_.size, seed=attr.seed)
-            attr.solver_.load_state_dict(state["solver"], attr.curvature_, attr.damping)
-        attr.train_examples_, attr.train_ids_, attr.n_train_ = examples, train_ids, len(train_ids)
-        attr.curvature_ids_, attr.train_grads_, attr.timings_ = state["curvature_ids"], state["train_grads"], {}
-        return attr
-
-
-def model_fingerprint(model: nn.Module, space) -> str:
-    """sha256 over the selected parameters' names, shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    table = dict(model.named_parameters())
-    for name in space.names:
-        t = table[name].detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+        return load_state(cls, path, model, task, **overrides)

@@ -58,7 +58,8 @@ def run_lm_demo(out: str | Path | None = None, n_train: int = 1000, length: int 
               "compress": f"Dropout(k={k}, level='neuron', seed=0)", "curvature": "empirical_fisher",
               "damping": damping, "completions": [p + c for p, c in COMPLETIONS]}
     show = text_show(documents, [f"{p} ⟶ {c}" for p, c in COMPLETIONS])
-    return explain(lm, task, train, query, Path(out or "influent-report/demo-smollm2"),
+    out = Path(out or "influent-report/demo-smollm2")  # compressed rows go to out/gradients: a rerun resumes
+    return explain(lm, task, train, query, out, store=out / "gradients",
                    attributor={"progress": progress, **options}, show=show, top=top, gallery=12,
                    title=f"influent demo: SmolLM2-135M, {len(documents):,} Rotten Tomatoes documents",
                    config=config, progress=progress, stages=stages)

@@ -93,11 +93,13 @@ def explain(model: nn.Module, task: Task, train: Any, query: Any, out_dir: str |
             query_ids: Sequence | None = None, show: Show | None = None, class_names: Sequence[str] | None = None,
             flagged: torch.Tensor | None = None, top: int = 5, gallery: int = 24, max_queries: int = 16,
             title: str = "influent report", config: Any = None, config_text: str | None = None,
-            scores_format: str = "safetensors", progress: bool = False, stages: Stages | None = None) -> Path:
+            scores_format: str = "safetensors", progress: bool = False, stages: Stages | None = None,
+            store: str | Path | None = None) -> Path:
     """Attribute `query` to `train` and write scores, top-k, versions, timings and report.html into `out_dir`.
 
     `attributor` is a dict of Attributor options (e.g. {"curvature": "ekfac", "damping": 1e-3}) or a
-    configured, unfitted Attributor. Returns the path of report.html.
+    configured, unfitted Attributor; `store` a gradient-store folder (a rerun resumes from it). Returns
+    the path of report.html.
 
     Example:
         >>> explain(model, Task.classification(), (Xtr, ytr), (Xq, yq), "out/", attributor={"damping": 1e-3})
@@ -108,7 +110,7 @@ def explain(model: nn.Module, task: Task, train: Any, query: Any, out_dir: str |
     attr = attributor if isinstance(attributor, Attributor) else \
         Attributor(model, task, **{"progress": progress, **dict(attributor or {})})
     with stages("fit: curvature, solver, training gradients") as row:
-        attr.fit(train, ids=train_ids)
+        attr.fit(train, ids=train_ids, store=store)
     row["detail"] = " · ".join(f"{k.replace('_', ' ')} {v:.2f} s" for k, v in attr.timings_.items()
                                if k != "fit_total")
     with stages("score queries, self-influence"):
