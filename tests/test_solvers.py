@@ -211,7 +211,8 @@ def test_bad_options_and_inputs():
 
 
 def test_config_and_factory():
-    assert CG(rtol=1e-4).config() == {"name": "cg", "rtol": 1e-4, "max_iter": None, "progress": False}
+    assert CG(rtol=1e-4).config() == {"name": "cg", "rtol": 1e-4, "max_iter": None, "progress": False,
+                                      "preconditioner": None}
     assert LiSSA(depth=10).config()["depth"] == 10
     assert Arnoldi(rank=7).config()["rank"] == 7
     assert isinstance(make_solver("cg"), CG)

@@ -110,7 +110,7 @@ class Attributor:
                 with stage("curvature", self.progress):
                     self.curvature_ = self._make_curvature(curv_set)
                 self.timings_["curvature"] = time.perf_counter() - t0
-                self._fit_solver()
+                self._fit_solver(curv_set)
             t2 = time.perf_counter()
             if self.partition_ is not None:  # this rank keeps, stores and scores only its own shard
                 examples = examples.subset(self.partition_.positions)
@@ -123,17 +123,29 @@ class Attributor:
                 t3 = time.perf_counter()
                 self.curvature_ = rows_second_moment(self._train_blocks(), self._compute_dtype)
                 self.timings_["curvature"] = time.perf_counter() - t3
-                self._fit_solver()
+                self._fit_solver(curv_set)
         self.timings_["fit_total"] = time.perf_counter() - t0
         return self
 
-    def _fit_solver(self) -> None:
+    def _fit_solver(self, curv_set: Examples) -> None:
         t1 = time.perf_counter()
         curv_name = self.curvature if isinstance(self.curvature, str) else type(self.curvature).__name__
         self.solver_ = make_solver(self.solver, curvature_name=curv_name, size=self.curvature_.size, seed=self.seed)
         with stage(f"{self.solver_.name} fit", self.progress):
+            self._attach_preconditioner(curv_set)
             self.solver_.fit(self.curvature_, self.damping)
         self.timings_["solver_fit"] = time.perf_counter() - t1
+
+    def _attach_preconditioner(self, curv_set: Examples) -> None:
+        """CG(preconditioner="kfac"|"ekfac"): that curvature on the same set and damping, inverted exactly."""
+        name = getattr(self.solver_, "preconditioner", None)
+        if not isinstance(name, str):
+            return
+        if self.compressor_ is not None or self.partition_ is not None:
+            raise InputError(f"CG(preconditioner={name!r}) needs full gradients on one process; with compress= "
+                             "the k × k curvature is small enough for solver='direct'")
+        op = make_curvature(name, self.fn_, curv_set, batch_size=max(self.batch_size, 512), seed=self.seed)
+        self.solver_.preconditioner_ = Direct().fit(op, self.damping)
 
     def _fit_compressor(self, examples: Examples):
         compressor = make_compressor(self.compress)

@@ -59,6 +59,9 @@ def load_state(cls: type, path: str | Path, model: nn.Module, task: Task, **over
             train_ids = list(examples.ids)
         attr.solver_ = make_solver(state["solver_object"], curvature_name=str(cfg["curvature"]),
                                    size=attr.curvature_.size, seed=attr.seed)
+        if examples is not None:  # e.g. CG's K-FAC preconditioner, rebuilt on the same curvature set
+            pos = {i: j for j, i in enumerate(examples.ids)}
+            attr._attach_preconditioner(examples.subset([pos[i] for i in state["curvature_ids"]]))
         attr.solver_.load_state_dict(state["solver"], attr.curvature_, attr.damping)
     attr.train_examples_, attr.train_ids_, attr.n_train_ = examples, train_ids, len(train_ids)
     attr.curvature_ids_, attr.train_grads_, attr.timings_ = state["curvature_ids"], state["train_grads"], {}

@@ -51,6 +51,14 @@ class Solver:
         raise NotImplementedError
 
     # ----- persistence: tensors only; solvers that need the operator refit on load ----------
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the configuration only (Attributor.save): fitted state travels through state_dict()."""
+        return {k: v for k, v in self.__dict__.items() if not (k.startswith("_") or k.endswith("_"))}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Solver.__init__(self)
+        self.__dict__.update(state)
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
