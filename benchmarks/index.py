@@ -36,46 +36,60 @@ def index_bytes(index) -> int:
     return int(faiss.serialize_index(index).nbytes)
 
 
-def measure(rows: np.ndarray, queries: np.ndarray, kind: str, k: int = 10, **opts) -> dict:
-    """Build one index over rows, search the queries; times and the result ids."""
-    from influent.index import make_faiss_index
+def measure(rows: np.ndarray, queries: np.ndarray, kind: str, searches: list[dict], k: int = 10,
+            mips: str = "ip", **opts) -> list[dict]:
+    """Build one index over rows (with the MIPS-to-L2 reduction when mips="l2"), then search the queries
+    once per entry of `searches` ({"nprobe": ..} or {"ef_search": ..}); times and result ids per search."""
+    from influent.index import make_faiss_index, mips_queries, mips_rows
 
-    index = make_faiss_index(rows.shape[1], kind, rows.shape[0], opts.get("nlist"))
     t0 = time.perf_counter()
+    if mips == "l2":
+        max_norm = float(np.sqrt(max(np.einsum("ij,ij->i", rows[s: s + 100_000], rows[s: s + 100_000]).max()
+                                     for s in range(0, rows.shape[0], 100_000))))
+        prep, queries = (lambda r: mips_rows(r, max_norm)), mips_queries(queries)
+    else:
+        prep = (lambda r: r)
+    index = make_faiss_index(queries.shape[1], kind, rows.shape[0], opts.get("nlist"), metric=mips)
     if kind == "ivf":
         pick = np.random.default_rng(0).choice(rows.shape[0], min(rows.shape[0], opts["train_rows"]), replace=False)
         index.cp.seed = 0
-        index.train(rows[np.sort(pick)])
-        index.nprobe = opts["nprobe"]
+        index.train(prep(rows[np.sort(pick)]))
     for s in range(0, rows.shape[0], 100_000):
-        index.add(rows[s: s + 100_000])
-    if kind == "hnsw":
-        index.hnsw.efSearch = opts["ef_search"]
+        index.add(prep(rows[s: s + 100_000]))
     build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _, ids = index.search(queries, k)
-    latency = (time.perf_counter() - t0) / queries.shape[0]
-    return {"kind": kind, "rows": int(rows.shape[0]), "build_seconds": build, "query_ms": 1e3 * latency,
-            "index_mb": index_bytes(index) / 2**20, "ids": ids, **{k_: v for k_, v in opts.items()}}
+    size = index_bytes(index) / 2**20
+    out = []
+    for search in searches:
+        if "nprobe" in search:
+            index.nprobe = search["nprobe"]
+        if "ef_search" in search:
+            index.hnsw.efSearch = search["ef_search"]
+        t0 = time.perf_counter()
+        _, ids = index.search(queries, k)
+        latency = (time.perf_counter() - t0) / queries.shape[0]
+        out.append({"kind": kind, "mips": mips if kind != "flat" else "exact", "rows": int(rows.shape[0]),
+                    "build_seconds": build, "query_ms": 1e3 * latency, "index_mb": size, "ids": ids,
+                    **opts, **search})
+    return out
 
 
 def suite(name: str, rows: np.ndarray, queries: np.ndarray, a) -> list[dict]:
     out = []
-    exact = measure(rows, queries, "flat")
+    exact = measure(rows, queries, "flat", [{}])[0]
     out.append({**exact, "recall@10": 1.0})
-    for nprobe in a.nprobe:
-        r = measure(rows, queries, "ivf", nlist=a.nlist, nprobe=nprobe, train_rows=a.ivf_train_rows)
-        out.append({**r, "recall@10": recall(r["ids"], exact["ids"])})
     sub = rows[: a.hnsw_rows]
-    exact_sub = measure(sub, queries, "flat")
-    for ef in a.ef_search:
-        r = measure(sub, queries, "hnsw", ef_search=ef)
-        out.append({**r, "recall@10": recall(r["ids"], exact_sub["ids"])})
+    exact_sub = measure(sub, queries, "flat", [{}])[0]
+    for mips in a.mips:
+        for r in measure(rows, queries, "ivf", [{"nprobe": p} for p in a.nprobe], mips=mips, nlist=a.nlist,
+                         train_rows=a.ivf_train_rows):
+            out.append({**r, "recall@10": recall(r["ids"], exact["ids"])})
+        for r in measure(sub, queries, "hnsw", [{"ef_search": ef} for ef in a.ef_search], mips=mips):
+            out.append({**r, "recall@10": recall(r["ids"], exact_sub["ids"])})
     for r in out:
         r["set"] = name
         r.pop("ids")
-        print(f"{name} {r['kind']} rows={r['rows']} recall={r['recall@10']:.3f} build={r['build_seconds']:.1f}s "
-              f"query={r['query_ms']:.2f}ms", flush=True)
+        print(f"{name} {r['kind']} {r['mips']} rows={r['rows']} recall={r['recall@10']:.3f} "
+              f"build={r['build_seconds']:.1f}s query={r['query_ms']:.2f}ms", flush=True)
     return out
 
 
@@ -126,18 +140,20 @@ def mnist_rows(k: int, n_query: int) -> tuple[np.ndarray, np.ndarray, dict]:
 def table(res: dict) -> str:
     o = res["options"]
     lines = [f"## FAISS retrieval (`python benchmarks/index.py{' --quick' if o['quick'] else ''}`)", "",
-             f"2 shared cores, faiss {res['faiss']}, float32. Recall@10 against the exact inner-product index over "
+             f"{res['options'].get('threads', 2)} thread(s) of a 2-core machine, faiss {res['faiss']}, float32. Recall@10 against the exact inner-product index over "
              "the same rows (HNSW on its first rows only, see `rows`). Synthetic rows: low-rank (64) + noise, "
              f"dimension {o['dim']}. MNIST: {res['mnist'].get('n_train', '–')} training gradients compressed to "
              f"k = {res['mnist'].get('k', '–')} (neuron dropout), 100 preconditioned test queries "
              f"(model test accuracy {res['mnist'].get('test_accuracy', float('nan')):.3f}). "
              f"Total {res['wall_seconds'] / 60:.1f} min, peak RSS {res['peak_rss_mb']:.0f} MB.", "",
-             "| rows | index | rows indexed | options | build (s) | index size (MB) | query (ms) | recall@10 |",
-             "|---|---|---:|---|---:|---:|---:|---:|"]
+             "`search`: ip = FAISS's inner-product index on the raw rows; l2 = the MIPS-to-L2 reduction "
+             "(rows [x, √(M² − ‖x‖²)], queries [q, 0]; influent.index's default for approximate kinds).", "",
+             "| rows | index | search | rows indexed | options | build (s) | index size (MB) | query (ms) | recall@10 |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|"]
     for r in res["results"]:
         opts = f"nlist={r['nlist']}, nprobe={r['nprobe']}" if r["kind"] == "ivf" else \
             (f"M=32, efSearch={r['ef_search']}" if r["kind"] == "hnsw" else "exact")
-        lines.append(f"| {r['set']} | {r['kind']} | {r['rows']:,} | {opts} | {r['build_seconds']:.1f} | "
+        lines.append(f"| {r['set']} | {r['kind']} | {r.get('mips', 'ip')} | {r['rows']:,} | {opts} | {r['build_seconds']:.1f} | "
                      f"{r['index_mb']:.0f} | {r['query_ms']:.2f} | {r['recall@10']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -153,12 +169,16 @@ def main() -> None:
     ap.add_argument("--hnsw-rows", type=int, default=100_000)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--skip-mnist", action="store_true")
+    ap.add_argument("--mips", nargs="+", default=["l2", "ip"], choices=["l2", "ip"],
+                    help="approximate indexes on the MIPS-to-L2 reduction (l2) and/or raw inner products (ip)")
+    ap.add_argument("--threads", type=int, default=2, help="torch and FAISS (OpenMP) threads")
     a = ap.parse_args()
     if a.quick:
         a.rows, a.nlist, a.hnsw_rows, a.ivf_train_rows = 50_000, 128, 20_000, 20_000
     import faiss
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
+    faiss.omp_set_num_threads(a.threads)
     t0 = time.perf_counter()
     rows, q = synthetic(a.rows, a.dim, 100)
     results = suite("synthetic", rows, q, a)

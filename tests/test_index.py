@@ -42,6 +42,20 @@ def test_approximate_indexes_recall_the_exact_top_10(fitted, kind, options):
     assert recall >= 0.95
 
 
+def test_the_mips_to_l2_reduction_searched_exhaustively_is_the_exact_top_k(fitted, tmp_path):
+    # IVF probing every list is exhaustive: the reduction alone decides, and must give the flat answer
+    _, attr = fitted
+    values, ids = GradientIndex.build(attr, "flat").search(attr, (XQ, YQ), k=10)
+    index = GradientIndex.build(attr, "ivf", nlist=8, mips="l2")
+    assert index.max_norm is not None and index.index.d == attr.compressor_.k_ + 1
+    found, found_ids = index.search(attr, (XQ, YQ), k=10, nprobe=8)
+    assert found_ids == ids
+    torch.testing.assert_close(found, values, rtol=1e-3, atol=1e-3)
+    index.save(tmp_path / "ivf")
+    again, again_ids = GradientIndex.load(tmp_path / "ivf", attr).search(attr, (XQ, YQ), k=10, nprobe=8)
+    assert again_ids == ids
+
+
 def test_save_load_and_fingerprint_mismatch(fitted, tmp_path):
     model, attr = fitted
     GradientIndex.build(attr, "flat").save(tmp_path / "idx")
@@ -58,6 +72,7 @@ def test_save_load_and_fingerprint_mismatch(fitted, tmp_path):
     (lambda a: GradientIndex.build(a, "ivf", nlist=10_000), "nlist"),
     (lambda a: GradientIndex.build(a, "flat").search(a, (XQ, YQ), k=0), "positive integer"),
     (lambda a: GradientIndex.load("/nonexistent/index"), "no index"),
+    (lambda a: GradientIndex.build(a, "hnsw", mips="cosine"), "mips"),
 ])
 def test_bad_input(fitted, call, match):
     with pytest.raises(InputError, match=match):
