@@ -104,8 +104,7 @@ class Attributor:
             curv_set = examples if sampler is None else examples.subset(positions)
             # the empirical Fisher of compressed gradients over the whole training set is the mean
             # outer product of the training rows themselves: one gradient pass instead of two
-            from_rows = (self.compressor_ is not None and self.curvature == "empirical_fisher"
-                         and sampler is None and self.partition_ is None)
+            from_rows = sampler is None and self._curvature_from_rows()
             if not from_rows:
                 with stage("curvature", self.progress):
                     self.curvature_ = self._make_curvature(curv_set)
@@ -126,6 +125,10 @@ class Attributor:
                 self._fit_solver(curv_set)
         self.timings_["fit_total"] = time.perf_counter() - t0
         return self
+
+    def _curvature_from_rows(self) -> bool:
+        """Whether the curvature over the whole training set is the mean outer product of its kept rows."""
+        return self.compressor_ is not None and self.curvature == "empirical_fisher" and self.partition_ is None
 
     def _fit_solver(self, curv_set: Examples) -> None:
         t1 = time.perf_counter()

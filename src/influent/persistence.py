@@ -26,7 +26,8 @@ def save_state(attr: Any, path: str | Path) -> None:
     """Write a fitted attributor's state to `path`."""
     from_store = attr.store_ is not None and attr.compressor_ is not None
     state = {"influent": __version__, "config": attr._config(),
-             "fingerprint": model_fingerprint(attr.model, attr.space_), "space": list(attr.space_.names), "curvature_ids": attr.curvature_ids_,
+             "fingerprint": model_fingerprint(attr.model, attr.space_), "space": list(attr.space_.names),
+             "curvature_ids": attr.curvature_ids_,
              "train": None if from_store else attr.train_examples_,
              "train_grads": None if from_store else attr.train_grads_,
              "store": str(attr.store_.path) if from_store else None,
@@ -55,27 +56,26 @@ def load_state(cls: type, path: str | Path, model: nn.Module, task: Task, **over
             attr.curvature_ = DenseOperator(state["curvature_matrix"])
             train_ids = attr.store_.ids
         else:
-            attr.curvature_ = _restored_curvature(attr, examples, state)
+            pos = {i: j for j, i in enumerate(examples.ids)}
+            curv_set = examples.subset([pos[i] for i in state["curvature_ids"]])
+            attr.curvature_ = _restored_curvature(attr, examples, curv_set, state)
             train_ids = list(examples.ids)
         attr.solver_ = make_solver(state["solver_object"], curvature_name=str(cfg["curvature"]),
                                    size=attr.curvature_.size, seed=attr.seed)
         if examples is not None:  # e.g. CG's K-FAC preconditioner, rebuilt on the same curvature set
-            pos = {i: j for j, i in enumerate(examples.ids)}
-            attr._attach_preconditioner(examples.subset([pos[i] for i in state["curvature_ids"]]))
+            attr._attach_preconditioner(curv_set)
         attr.solver_.load_state_dict(state["solver"], attr.curvature_, attr.damping)
     attr.train_examples_, attr.train_ids_, attr.n_train_ = examples, train_ids, len(train_ids)
     attr.curvature_ids_, attr.train_grads_, attr.timings_ = state["curvature_ids"], state["train_grads"], {}
     return attr
 
 
-def _restored_curvature(attr: Any, examples: Examples, state: dict):
-    """The curvature again: from the saved compressed rows when it is their empirical Fisher, else rebuilt."""
-    ids, rows = state["curvature_ids"], state["train_grads"]
-    if (attr.compressor_ is not None and attr.curvature == "empirical_fisher" and rows is not None
-            and list(ids) == list(examples.ids)):
+def _restored_curvature(attr: Any, examples: Examples, curv_set: Examples, state: dict):
+    """The curvature again: from the saved compressed rows when fit built it from them, else rebuilt."""
+    rows = state["train_grads"]
+    if attr._curvature_from_rows() and rows is not None and len(curv_set) == len(examples):
         return rows_second_moment([(0, rows)], rows.dtype)
-    pos = {i: j for j, i in enumerate(examples.ids)}
-    return attr._make_curvature(examples.subset([pos[i] for i in ids]))
+    return attr._make_curvature(curv_set)
 
 
 def model_fingerprint(model: nn.Module, space) -> str:

@@ -71,7 +71,11 @@ def pick_queries(pred: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
 def run_demo(data: str = "digits", out: str | Path | None = None, n_train: int | None = None, n_queries: int = 6,
              top: int = 5, flip: float = 0.0, hidden: int | None = None, progress: bool = True,
              say: Callable[[str], None] = print) -> Path:
-    """Train, attribute, write the report; returns the report's path."""
+    """Train, attribute, write the report; returns the report's path (data="smollm2": the language-model demo)."""
+    if data == "smollm2":
+        from .demo_lm import run_lm_demo
+
+        return run_lm_demo(out, n_train=n_train or 1000, top=top, progress=progress, say=say)
     if data not in DEMOS:
         raise InputError(f"unknown demo data {data!r}; choose one of {', '.join(DEMOS)}, smollm2")
     if n_queries < 1 or top < 1 or (hidden is not None and hidden < 1):

@@ -65,11 +65,6 @@ def demo(data: str = typer.Option("digits", "--data", help="digits (embedded) | 
     from .demo import run_demo
 
     say = (lambda s: None) if quiet else (lambda s: err.print(s))
-    if data == "smollm2":
-        from .demo_lm import run_lm_demo
-
-        _guarded(lambda: run_lm_demo(out_dir, n_train=n_train or 1000, top=top, progress=not quiet, say=say), debug)
-        return
     _guarded(lambda: run_demo(data, out_dir, n_train=n_train, n_queries=n_queries, top=top, flip=flip, hidden=hidden,
                               progress=not quiet, say=say), debug)
 
