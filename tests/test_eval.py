@@ -1,4 +1,7 @@
 """Ground-truth evaluation: exact retraining, leave-one-out, LDS and its ceiling, mislabel AUC."""
+import copy
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +10,7 @@ import influent as inf
 from influent.eval import (ConvergenceWarning, Retrainer, default_cache_dir, detection_auc, flip_labels, lds,
                            leave_one_out, noise_ceiling)
 from influent.testing.problems import blobs, seeded
-from influent.train import fit_lbfgs, objective
+from influent.train import fit_adam, fit_lbfgs, objective
 
 WD = 1e-2
 TASK = inf.Task.classification()
@@ -70,6 +73,29 @@ def test_cold_start_reaches_the_same_optimum_and_cache_dir_from_env(logistic, mo
     torch.testing.assert_close(cold.weight, model.weight.detach(), rtol=0, atol=1e-8)
     with pytest.raises(inf.InputError, match="init_state"):
         Retrainer(model, TASK, train, WD, warm_start=False)
+
+
+def test_adam_recipe_retrains_like_training_and_follows_its_seed(tmp_path):
+    """method='adam' is fit_adam from the initialisation on the subset; the seed picks the batch order."""
+    X, y = blobs(60, 4, 3, seed=2)
+    net = seeded(lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)))
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    keep = torch.arange(10, 60)
+    rt = Retrainer(net, TASK, (X, y), 1e-3, method="adam", max_iter=3, batch_size=8, lr=1e-2, warm_start=False,
+                   init_state=init, cache_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a recipe is not held to ‖∇R‖ < tol
+        (a, ga), (c, _) = rt.fit_many([keep, keep], seeds=[0, 1])
+        b, _ = rt.fit(keep, seed=0)
+    oracle = copy.deepcopy(net).double()
+    g_oracle = fit_adam(oracle, TASK, (X[keep].double(), y[keep]), weight_decay=1e-3, epochs=3, batch_size=8,
+                        lr=1e-2, seed=0)
+    torch.testing.assert_close(a[0].weight, oracle[0].weight, rtol=0, atol=1e-12)
+    assert ga == pytest.approx(g_oracle) and ga > 1e-3
+    assert torch.equal(a[0].weight, b[0].weight) and not torch.allclose(a[0].weight, c[0].weight)
+    assert rt.misses_ == 2 and rt.hits_ == 1  # seeds 0 and 1 are two entries; the repeat comes from the cache
+    with pytest.raises(inf.InputError, match="batch_size"):
+        Retrainer(net, TASK, (X, y), 1e-3, method="adam", batch_size=0)
 
 
 def test_loo_is_predicted_by_exact_influence(logistic):

@@ -1,10 +1,11 @@
-"""Train small models to a strict optimum of the mean loss + (wd/2)‖θ‖², as influence theory assumes."""
+"""Train small models on the mean loss + (wd/2)‖θ‖²: to a strict optimum (L-BFGS), as influence theory
+assumes, or by a fixed seeded minibatch recipe (Adam), as models are trained in practice."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from .task import Task
+from .task import Task, batch_size_of, index_batch
 
 
 def objective(model: nn.Module, task: Task, data: tuple, weight_decay: float) -> Tensor:
@@ -33,6 +34,28 @@ def fit_lbfgs(model: nn.Module, task: Task, data: tuple, weight_decay: float = 1
     opt.zero_grad()
     g = torch.autograd.grad(objective(model, task, data, weight_decay), params)
     return float(torch.sqrt(sum((x ** 2).sum() for x in g)))
+
+
+def fit_adam(model: nn.Module, task: Task, data: tuple, weight_decay: float = 1e-3, epochs: int = 5,
+             batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> float:
+    """Seeded minibatch Adam for a fixed number of epochs; returns the final full-batch ‖∇R‖.
+
+    A recipe, not an optimum: the same (data, seed) gives the same weights, so retraining on a subset
+    with it answers "what would training have produced without these points" (TRAK-style LDS).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(int(seed))
+    n = batch_size_of(data)
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=g).split(batch_size):
+            loss = objective(model, task, index_batch(data, idx), weight_decay)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    opt.zero_grad()
+    grads = torch.autograd.grad(objective(model, task, data, weight_decay), params)
+    return float(torch.sqrt(sum((x ** 2).sum() for x in grads)))
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh, seed: int = 0,

@@ -5,6 +5,9 @@ exact: R(θ) = mean loss + (wd/2)‖θ‖² minimised until ‖∇R‖ < tol (PA
 near 1e-9, so Newton-CG is the default). Results are cached on disk by content hash and can be
 computed in worker processes; every retraining runs in float64 on one thread, so the numbers are
 bit-identical whatever the number of workers and whether they came from the cache.
+
+`method="adam"` is the other kind of ground truth: a fixed, seeded minibatch recipe (max_iter epochs)
+instead of an optimum, for models that are not trained to one (TRAK / Kronfluence-style LDS).
 """
 from __future__ import annotations
 
@@ -28,10 +31,10 @@ from ..errors import InputError
 from ..inputs import as_examples
 from ..progress import track
 from ..task import Task, batch_size_of, index_batch
-from ..train import fit_lbfgs
+from ..train import fit_adam, fit_lbfgs
 from .newton import newton_cg
 
-METHODS = ("newton_cg", "lbfgs")
+METHODS = ("newton_cg", "lbfgs", "adam")
 CACHE_VERSION = "influent-eval-retrain-v1"
 
 
@@ -74,8 +77,10 @@ def _hash_tensors(h: "hashlib._Hash", tensors: Sequence[tuple[str, Tensor]]) -> 
 
 
 def _retrain(start: nn.Module, task: Task, data: Any, wd: float, subset: Tensor, method: str, tol: float,
-             max_iter: int, noise: float, seed: int) -> tuple[dict[str, Tensor], float]:
-    """One retraining from `start` (float64) on data[subset]; returns (state_dict, ‖∇R‖)."""
+             max_iter: int, recipe: tuple[int, float], noise: float, seed: int) -> tuple[dict[str, Tensor], float]:
+    """One retraining from `start` (float64) on data[subset]; returns (state_dict, ‖∇R‖).
+
+    `recipe` is (batch_size, lr) of method "adam", whose batch order follows `seed`."""
     model = copy.deepcopy(start).eval()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = dict(model.named_parameters())
@@ -114,7 +119,11 @@ def _retrain(start: nn.Module, task: Task, data: Any, wd: float, subset: Tensor,
             for n, c in unflat(x0).items():
                 if n in names:
                     params[n].copy_(c)
-        gnorm = fit_lbfgs(model, task, batch, weight_decay=wd, max_iter=max_iter, tol=tol)
+        if method == "adam":
+            gnorm = fit_adam(model, task, batch, weight_decay=wd, epochs=max_iter, batch_size=recipe[0],
+                             lr=recipe[1], seed=seed)
+        else:
+            gnorm = fit_lbfgs(model, task, batch, weight_decay=wd, max_iter=max_iter, tol=tol)
         x = torch.cat([params[n].detach().reshape(-1) for n in names])
     with torch.no_grad():
         for n, c in unflat(x).items():
@@ -132,12 +141,16 @@ def _init_worker(payload: bytes) -> None:
 
 
 def _work(subset: Tensor, noise: float, seed: int) -> tuple[dict[str, Tensor], float]:
-    start, task, data, wd, method, tol, max_iter = _WORKER["job"]
-    return _retrain(start, task, data, wd, subset, method, tol, max_iter, noise, seed)
+    start, task, data, wd, method, tol, max_iter, recipe = _WORKER["job"]
+    return _retrain(start, task, data, wd, subset, method, tol, max_iter, recipe, noise, seed)
 
 
 class Retrainer:
     """Retrains `model` on subsets of `train` to ‖∇R‖ < tol, cached on disk and optionally in parallel.
+
+    Methods: "newton_cg" (default) and "lbfgs" run to ‖∇R‖ < tol within max_iter iterations;
+    "adam" runs max_iter epochs of seeded minibatch Adam (`batch_size`, `lr`; the batch order follows
+    each retraining's seed) and reports ‖∇R‖ without requiring it to be small.
 
     Runs on CPU in float64. The cache key covers the start weights, the data, the subset, the task
     name and the options. `workers > 1` spawns processes, so a script that uses it must guard its
@@ -151,7 +164,8 @@ class Retrainer:
     def __init__(self, model: nn.Module, task: Task, train: Any, weight_decay: float, *, method: str = "newton_cg",
                  tol: float = 1e-10, max_iter: int = 100, warm_start: bool = True,
                  init_state: dict[str, Tensor] | None = None, cache: bool = True,
-                 cache_dir: str | Path | None = None, workers: int = 1, progress: bool = False):
+                 cache_dir: str | Path | None = None, workers: int = 1, progress: bool = False,
+                 batch_size: int = 128, lr: float = 1e-3):
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if not (tol > 0 and isinstance(max_iter, int) and max_iter > 0):
@@ -162,6 +176,9 @@ class Retrainer:
             raise InputError(f"workers must be a positive integer, got {workers!r}")
         if not warm_start and init_state is None:
             raise InputError("warm_start=False needs init_state (the original initialisation's state_dict)")
+        if method == "adam" and not (isinstance(batch_size, int) and batch_size > 0 and lr > 0):
+            raise InputError(f"method='adam' needs batch_size a positive integer and lr > 0, got {batch_size!r}, {lr!r}")
+        self.recipe = (int(batch_size), float(lr))
         self.task, self.weight_decay, self.method, self.tol, self.max_iter = task, float(weight_decay), method, tol, max_iter
         self.workers, self.progress, self.cache = workers, progress, cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -177,13 +194,16 @@ class Retrainer:
         _hash_tensors(h, list(self.data.items()) if isinstance(self.data, dict) else
                       [(str(i), t) for i, t in enumerate(self.data)])
         h.update(f"{method}|{tol!r}|{max_iter}|{self.weight_decay!r}".encode())
+        if method == "adam":
+            h.update(f"|{self.recipe[0]}|{self.recipe[1]!r}".encode())
         self._base_key = h.hexdigest()
         self.hits_, self.misses_, self.unconverged_ = 0, 0, []
 
     # ----- cache -------------------------------------------------------------------------
     def _key(self, subset: Tensor, noise: float, seed: int) -> str:
         h = hashlib.sha256(self._base_key.encode())
-        h.update(f"|{float(noise)!r}|{int(seed) if noise else 0}|".encode())
+        seeded = noise or self.method == "adam"  # the seed moves the start (noise) or the batch order (adam)
+        h.update(f"|{float(noise)!r}|{int(seed) if seeded else 0}|".encode())
         h.update(subset.numpy().tobytes())
         return h.hexdigest()
 
@@ -250,7 +270,8 @@ class Retrainer:
         for j, (state, gnorm) in self._compute(todo, idx, noise, seeds, description):
             self._store(keys[j], state, gnorm)
             results[j] = (state, gnorm)
-        bad = [(labels[j], g) for j, (_, g) in enumerate(results) if not g <= 10 * self.tol]
+        bad = [(labels[j], g) for j, (_, g) in enumerate(results)
+               if not g <= 10 * self.tol and self.method != "adam"]  # a recipe is not meant to reach an optimum
         if bad:
             self.unconverged_.extend(bad)
             listing = ", ".join(f"{lab} (‖∇R‖={g:.2e})" for lab, g in bad)
@@ -262,7 +283,7 @@ class Retrainer:
 
     def _compute(self, todo: list[int], idx: list[Tensor], noise: float, seeds: list[int],
                  description: str) -> Iterator[tuple[int, tuple[dict[str, Tensor], float]]]:
-        job = (self.start, self.task, self.data, self.weight_decay, self.method, self.tol, self.max_iter)
+        job = (self.start, self.task, self.data, self.weight_decay, self.method, self.tol, self.max_iter, self.recipe)
         if self.workers == 1 or len(todo) <= 1:
             with _one_thread():
                 for j in track(todo, len(todo), description, self.progress):
