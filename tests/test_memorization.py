@@ -1,4 +1,6 @@
 """Memorisation by the sign of aggregate held-out influence (influent.apps.memorization)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -83,3 +85,25 @@ def test_unfitted_attributor_and_unknown_layer_are_refused(separable):
         memorization.analyze(inf.Attributor(model, inf.Task.classification()), V)
     with pytest.raises(inf.InputError, match="matched no trainable parameter"):
         inf.Attributor(model, inf.Task.classification(), params=["classifier.weight"]).fit(train)
+
+
+def _objective_grad(model, train, names, wd):
+    params = [p for n, p in model.named_parameters() if n in names]
+    loss = inf.Task.classification().train_loss(model, train).mean() + 0.5 * wd * sum((p ** 2).sum() for p in params)
+    return torch.sqrt(sum((g ** 2).sum() for g in torch.autograd.grad(loss, params)))
+
+
+def test_refit_reaches_the_last_layer_optimum_and_touches_nothing_else():
+    X, y = blobs(80, 4, 3, seed=5, spread=0.8)
+    X = X.double()
+    model = seeded(lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))).double()
+    model[0].weight.requires_grad_(False)                 # a frozen parameter stays frozen
+    before = copy.deepcopy(model.state_dict())
+    polished, gnorm = memorization.refit(model, inf.Task.classification(), (X, y), weight_decay=1e-2, tol=1e-10)
+    last = {"2.weight", "2.bias"}
+    assert float(_objective_grad(model, (X, y), last, 1e-2)) > 1e-2     # the seeded model is far from it
+    assert gnorm < 1e-8 and float(_objective_grad(polished, (X, y), last, 1e-2)) < 1e-8
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())          # the original is untouched
+    assert all(torch.equal(before[k], v) for k, v in polished.state_dict().items() if not k.startswith("2."))
+    assert not torch.equal(before["2.weight"], polished[2].weight)
+    assert [p.requires_grad for p in polished.parameters()] == [False, True, True, True]

@@ -92,3 +92,26 @@ def test_bad_validation_set_is_refused(noisy, which):
     val = (Xv[:0], yv[:0]) if which == "empty" else (Xv[yv == 1], yv[yv == 1])
     with pytest.raises(inf.InputError, match="empty|only class 1"):
         pruning.prune(model, train, val, **KW)
+
+
+def test_refit_scores_each_round_on_a_refit_copy():
+    """Round one of refit_params=True removes exactly what influence on the L-BFGS-refit model calls harmful."""
+    X, y = blobs(120, 4, 3, seed=31, spread=0.5)
+    X = X.double()
+    y_noisy, _ = flip_labels(y[:90], 0.2, 3, seed=1)
+    train, val = (X[:90], y_noisy), (X[90:], y[90:])
+    model = seeded(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))).double()
+    kw = dict(KW, epochs=4, cap_round=5, cap_total=8)
+    res = pruning.prune(model, train, val, refit_params=True, **kw)
+    plain = pruning.prune(model, train, val, **kw)
+    # by hand: the model after the warm-up epochs, its last layer refit, influence over val
+    warm = pruning.prune(model, train, val, select="none", **dict(kw, epochs=KW["warmup"])).model
+    task = inf.Task.classification()
+    polished, _ = inf.apps.memorization.refit(warm, task, train, weight_decay=KW["weight_decay"])
+    attr = inf.Attributor(polished, task, params="last", curvature="ggn", damping=KW["damping"]).fit(train)
+    agg = attr.summed_score(val) / 30
+    harmful = torch.nonzero(agg < 0).flatten()
+    expected = harmful[torch.argsort(agg[harmful], stable=True)][:5]
+    assert torch.equal(res.removed[0], expected)
+    assert res.rounds[0]["refit_grad_norm"] < 1e-5 and "refit_grad_norm" not in plain.rounds[0]
+    assert not torch.equal(res.removed[0], plain.removed[0])  # the refit changes what is removed

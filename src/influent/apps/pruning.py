@@ -19,7 +19,7 @@ from ..params import select_params
 from ..progress import Bar
 from ..task import Task, index_batch
 from ..train import objective
-from .memorization import _labels_of, check_heldout
+from .memorization import _labels_of, check_heldout, refit
 
 SELECT = ("influence", "random", "none")
 
@@ -113,11 +113,15 @@ def prune(model: nn.Module, train: Any, val: Any, *, task: Task | None = None, e
           warmup: int = 5, cap_round: int | float = 0.1, cap_total: int | float = 0.2,
           cap_per_class: float | None = None, select: str = "influence", counts: Sequence[int] | None = None,
           params: Any = "last", curvature: str = "ggn", damping: float = 1e-3, weight_decay: float = 1e-3,
-          lr: float = 1e-3, batch_size: int = 128, seed: int = 0, progress: bool = False) -> PruningResult:
+          lr: float = 1e-3, batch_size: int = 128, seed: int = 0, refit_params: bool = False,
+          progress: bool = False) -> PruningResult:
     """Train a copy of `model` with Adam, removing harmful training points every `every` epochs.
 
     Influence is aggregated over `val` with an Attributor(params, curvature, direct solve, damping)
     fitted on the points still kept; caps are counts or fractions of the original training set.
+    `refit_params=True` scores each round on a copy whose attributed `params` are first refit by
+    full-batch L-BFGS on the kept points (`memorization.refit`: ‖∇R‖ ≈ 0 there, as influence assumes);
+    training continues from the model as Adam left it.
     """
     task = task or Task.classification()
     _check(epochs, every, warmup, select, counts)
@@ -141,7 +145,7 @@ def prune(model: nn.Module, train: Any, val: Any, *, task: Task | None = None, e
         torch.manual_seed(seed)
         return _run(model, task, examples, val, plan, select=select, counts=counts, params=params,
                     curvature=curvature, damping=damping, weight_decay=weight_decay, lr=lr, batch_size=batch_size,
-                    seed=seed, progress=progress, epochs=epochs)
+                    seed=seed, progress=progress, epochs=epochs, refit_params=refit_params)
 
 
 @dataclass(frozen=True)
@@ -156,19 +160,25 @@ class _Plan:
 
 
 def _influence_order(net: nn.Module, task: Task, data: Any, live: Tensor, val: Any, params: Any, curvature: str,
-                     damping: float, seed: int) -> Tensor:
-    """Live positions with negative mean validation influence, most harmful first."""
+                     damping: float, seed: int, weight_decay: float | None = None) -> tuple[Tensor, float | None]:
+    """Live positions with negative mean validation influence, most harmful first, and the refit's ‖∇R‖.
+
+    With `weight_decay` set, the attributed parameters of a copy of `net` are refit first (L-BFGS).
+    """
     pos = live.nonzero().flatten()
+    gnorm = None
+    if weight_decay is not None:
+        net, gnorm = refit(net, task, index_batch(data, pos), params, weight_decay)
     attr = Attributor(net, task, params=params, curvature=curvature, solver="direct", damping=damping,
                       seed=seed).fit(index_batch(data, pos))
     aggregate = torch.zeros(live.numel(), dtype=torch.float64)
     aggregate[pos] = attr.summed_score(val).double() / len(as_examples(val))
-    return _harmful_order(aggregate, live)
+    return _harmful_order(aggregate, live), gnorm
 
 
 def _run(model: nn.Module, task: Task, examples: Any, val: Any, plan: _Plan, *, select: str,
          counts: Sequence[int] | None, params: Any, curvature: str, damping: float, weight_decay: float, lr: float,
-         batch_size: int, seed: int, progress: bool, epochs: int) -> PruningResult:
+         batch_size: int, seed: int, progress: bool, epochs: int, refit_params: bool = False) -> PruningResult:
     net = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(int(seed))
     pick = torch.Generator().manual_seed(int(seed) + 7919)  # random removal draws from its own stream
@@ -185,16 +195,17 @@ def _run(model: nn.Module, task: Task, examples: Any, val: Any, plan: _Plan, *, 
                 continue
             budget = min(plan.budget_round, total_left)
             if select == "influence":
-                order = _influence_order(net, task, examples.data, live, val, params, curvature, damping, seed)
+                order, gnorm = _influence_order(net, task, examples.data, live, val, params, curvature, damping, seed,
+                                                weight_decay if refit_params else None)
                 n_harmful = int(order.numel())
             else:
                 pos = live.nonzero().flatten()
                 budget = min(int(counts[r]), int(pos.numel()) - 1) if counts is not None else budget
-                order, n_harmful = pos[torch.randperm(pos.numel(), generator=pick)], -1
+                order, n_harmful, gnorm = pos[torch.randperm(pos.numel(), generator=pick)], -1, None
             gone = _apply_caps(order, budget, plan.labels, per_class)
             live[gone] = False
             total_left -= int(gone.numel())
             removed.append(gone)
             rounds.append({"epoch": at, "n_removed": int(gone.numel()), "n_harmful": n_harmful,
-                           "n_kept": int(live.sum())})
+                           "n_kept": int(live.sum()), **({"refit_grad_norm": gnorm} if gnorm is not None else {})})
     return PruningResult(net, live, removed, rounds, passes)
