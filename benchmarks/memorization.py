@@ -2,19 +2,24 @@
 
 Data: MNIST and Fashion-MNIST (`make data`), images flattened to 784. Per seed s, a seeded permutation
 of the 60,000 training images gives a training subset of --n-train (default 4,000, not the full
-60,000: 30 configurations must fit on 2 shared CPU cores) and a clean validation split of 1,000;
+60,000: 30 configurations must fit on 2 shared CPU cores) and a clean validation split of --n-val
+(default 5,000, the held-out reference set V of both parts; 1,000 before issue 7's rerun: a larger V
+lowers the noise of the aggregate; part (c) keeps 1,000);
 a seeded fraction of the training labels (0 / 10 / 20 %) is flipped to another class
 (influent.eval.flip_labels). Test accuracy is always on the full 10,000-image test split.
 Model: MLP 784→32→10 tanh, float32, Adam (lr 1e-3, batch 128), mean CE + (wd/2)‖θ‖², wd = 1e-3, 30 epochs.
 
 (a) Memorisation: the no-removal model, its last layer refit to the optimum of the (convex) last-layer
-    objective by L-BFGS, then `apps.memorization.analyze` with last-layer influence (exact GGN = Hessian
-    of the last layer, damping = wd) over the validation split, for the loss and the margin
-    (classification influence) measurements. "Memorised" (aggregate ≤ 0) against the flipped labels:
+    objective by L-BFGS (`apps.memorization.refit`), then `apps.memorization.analyze` with last-layer
+    influence (exact GGN = Hessian of the last layer, damping = wd) over the validation split, for the
+    loss (= −log p_y) and the classification-influence measurements margin and probability p_y. "Memorised" (aggregate ≤ 0) against the flipped labels:
     count, precision, recall; next to the top-k of last-layer self-influence at the same k; AUROCs.
-(b) Selective removal (`apps.pruning.prune`, loss measurement, last layer): rounds after epochs
-    5, 10, 15, 20, 25; caps 10 % per round, 20 % overall, 30 % per class (the paper's caps).
-    Against equal-count random removal (same per-round counts) and no removal. Mean over seeds with
+(b) Selective removal (`apps.pruning.prune`, loss measurement, last layer, refit_params=True: each
+    round scores a copy whose last layer is refit by L-BFGS; --no-refit for the earlier runs): rounds
+    after epochs 5, 10, 15, 20, 25; caps 10 % per round, 20 % overall, 30 % per class (the paper's caps).
+    Against equal-count random removal (same per-round counts), no removal, and a ceiling that no
+    removal rule can pass by much: training on the clean-labelled points only (the flipped mask used
+    only here, never to choose anything). Mean over seeds with
     95 % t-intervals, and paired differences.
 (c) Fewer parameters: per data set, seed 0, 20 % noise, 1,000 training points, the model trained
     as above and then to ‖∇R‖ < 1e-8 by Newton-CG (influent.eval.Retrainer, float64). Last-layer
@@ -39,7 +44,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, write  # noqa: E402
 
-HIDDEN, WD, LR, BATCH, EPOCHS, N_VAL = 32, 1e-3, 1e-3, 128, 30, 1000
+HIDDEN, WD, LR, BATCH, EPOCHS, N_VAL = 32, 1e-3, 1e-3, 128, 30, 5000
+MEASUREMENTS = ("loss", "margin", "prob")
 CAPS = {"cap_round": 0.1, "cap_total": 0.2, "cap_per_class": 0.3, "warmup": 5, "every": 5}
 DATASETS = {"mnist": "load_mnist", "fashion-mnist": "load_fashion_mnist"}
 _DATA: dict = {}
@@ -56,14 +62,14 @@ def data(name: str):
     return _DATA[name]
 
 
-def split(name: str, seed: int, n_train: int, noise: float):
+def split(name: str, seed: int, n_train: int, noise: float, n_val: int = N_VAL):
     import torch
 
     from influent.eval import flip_labels
 
     X, y, Xt, yt = data(name)
     perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))
-    tr, va = perm[:n_train], perm[n_train: n_train + N_VAL]
+    tr, va = perm[:n_train], perm[n_train: n_train + n_val]
     y_noisy, flipped = flip_labels(y[tr], noise, 10, seed=seed)
     return (X[tr], y_noisy), flipped, (X[va], y[va]), (Xt, yt)
 
@@ -73,20 +79,6 @@ def accuracy(model, test) -> float:
 
     with torch.no_grad():
         return float((model(test[0]).argmax(1) == test[1]).double().mean())
-
-
-def refit_last_layer(model, train) -> float:
-    """L-BFGS on the last layer only (convex given the features); returns its final ‖∇R_S‖."""
-    import influent as inf
-    from influent.train import fit_lbfgs
-
-    last = list(model.parameters())[-2:]
-    for p in model.parameters():
-        p.requires_grad_(any(p is q for q in last))
-    gnorm = fit_lbfgs(model, inf.Task.classification(), train, weight_decay=WD, max_iter=500, tol=1e-6)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return gnorm
 
 
 def pr(pred, truth) -> dict:
@@ -103,7 +95,7 @@ def memorisation(model, train, val, flipped) -> dict:
     from influent.eval import detection_auc
 
     out = {}
-    for m in ("loss", "margin"):
+    for m in MEASUREMENTS:
         t0 = time.perf_counter()
         attr = inf.Attributor(model, inf.Task.classification(m), params="last", curvature="ggn", damping=WD).fit(train)
         res = memorization.analyze(attr, val, self_influence=(m == "loss"))
@@ -123,34 +115,39 @@ def memorisation(model, train, val, flipped) -> dict:
     return out
 
 
-def run_config(name: str, noise: float, seed: int, n_train: int, epochs: int, plot: str | None) -> dict:
+def run_config(name: str, noise: float, seed: int, n_train: int, epochs: int, plot: str | None,
+               n_val: int = N_VAL, refit: bool = True) -> dict:
     """One (data set, noise, seed): no removal, selective removal, random removal, memorisation."""
     import torch
 
     torch.set_num_threads(1)
-    from influent.apps import pruning
+    import influent as inf
+    from influent.apps import memorization, pruning
     from influent.train import mlp
 
-    train, flipped, val, test = split(name, seed, n_train, noise)
+    train, flipped, val, test = split(name, seed, n_train, noise, n_val)
     model = mlp([784, HIDDEN, 10], seed=seed)
     kw = dict(epochs=epochs, weight_decay=WD, damping=WD, lr=LR, batch_size=BATCH, seed=seed, **CAPS)
     row = {"dataset": name, "noise": noise, "seed": seed, "n_flipped": int(flipped.sum())}
     t0 = time.perf_counter()
     none = pruning.prune(model, train, val, select="none", **kw)
     t1 = time.perf_counter()
-    sel = pruning.prune(model, train, val, select="influence", **kw)
+    sel = pruning.prune(model, train, val, select="influence", refit_params=refit, **kw)
     t2 = time.perf_counter()
     rnd = pruning.prune(model, train, val, select="random", counts=sel.counts, **kw)
     t3 = time.perf_counter()
+    clean = pruning.prune(model, (train[0][~flipped], train[1][~flipped]), val, select="none", **kw)
     removed = torch.cat(sel.removed) if sel.removed else torch.zeros(0, dtype=torch.long)
     row["removal"] = {
         "acc_none": accuracy(none.model, test), "acc_selective": accuracy(sel.model, test),
-        "acc_random": accuracy(rnd.model, test), "counts": sel.counts,
+        "acc_random": accuracy(rnd.model, test), "acc_clean_only": accuracy(clean.model, test),
+        "counts": sel.counts, "refit_grad_norms": [r.get("refit_grad_norm") for r in sel.rounds],
         "removed_flipped_fraction": float(flipped[removed].double().mean()) if removed.numel() else float("nan"),
         "sample_passes": {"none": none.sample_passes, "selective": sel.sample_passes, "random": rnd.sample_passes},
         "seconds": {"none": t1 - t0, "selective": t2 - t1, "random": t3 - t2}}
-    row["last_layer_grad_norm"] = refit_last_layer(none.model, train)
-    mem = memorisation(none.model, train, val, flipped)
+    polished, row["last_layer_grad_norm"] = memorization.refit(none.model, inf.Task.classification(), train,
+                                                               weight_decay=WD, max_iter=500, tol=1e-6)
+    mem = memorisation(polished, train, val, flipped)
     res = mem.pop("_result")
     row["memorisation"] = mem
     if plot:
@@ -169,7 +166,7 @@ def fewer_parameters(name: str, n: int, n_query: int, m: int, epochs: int) -> di
     from influent.eval import Retrainer, lds, spearman
     from influent.train import mlp
 
-    train, flipped, val, test = split(name, 0, n, 0.2)
+    train, flipped, val, test = split(name, 0, n, 0.2, n_val=1000)
     task = inf.Task.classification()
     warm = pruning.prune(mlp([784, HIDDEN, 10], seed=0), train, val, select="none", epochs=epochs, weight_decay=WD,
                          lr=LR, batch_size=BATCH).model
@@ -238,6 +235,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         out.append({
             "dataset": name, "noise": noise, "seeds": len(rs),
             "acc_none": g(rem("acc_none")), "acc_selective": g(rem("acc_selective")), "acc_random": g(rem("acc_random")),
+            "acc_clean_only": g(lambda r: r["removal"].get("acc_clean_only", float("nan"))),
+            "clean_minus_none": g(lambda r: r["removal"].get("acc_clean_only", float("nan")) - r["removal"]["acc_none"]),
             "sel_minus_none": g(lambda r: r["removal"]["acc_selective"] - r["removal"]["acc_none"]),
             "sel_minus_random": g(lambda r: r["removal"]["acc_selective"] - r["removal"]["acc_random"]),
             "removed": g(lambda r: float(sum(r["removal"]["counts"]))),
@@ -245,12 +244,13 @@ def summarise(rows: list[dict]) -> list[dict]:
             "passes_selective_over_none": g(lambda r: r["removal"]["sample_passes"]["selective"]
                                             / r["removal"]["sample_passes"]["none"]),
             **{f"{m}_{k}": g(lambda r, m=m, k=k: r["memorisation"][m]["sign"][k])
-               for m in ("loss", "margin") for k in ("count", "precision", "recall")},
+               for m in MEASUREMENTS for k in ("count", "precision", "recall")
+               if all(m in r["memorisation"] for r in rs)},
             **{f"self_{k}": g(lambda r, k=k: r["memorisation"]["loss"]["self_influence_same_k"][k])
                for k in ("precision", "recall")},
-            **{f"auc_{k}": g(lambda r, k=k: r["memorisation"][k.split(":")[0]].get(
+            **{f"auc_{k}": g(lambda r, k=k: r["memorisation"].get(k.split(":")[0], {}).get(
                 "auc_" + k.split(":")[1], float("nan"))) for k in ("loss:minus_aggregate", "margin:minus_aggregate",
-                                                                   "loss:self_influence")},
+                                                                   "prob:minus_aggregate", "loss:self_influence")},
             "last_layer_grad_norm": g(lambda r: r["last_layer_grad_norm"]),
             "seconds": g(lambda r: sum(r["removal"]["seconds"].values()))})
     return out
@@ -273,17 +273,21 @@ def table(payload: dict) -> str:
              f"Generated by `{cfg['command']}` on {cfg['machine']['cores']} shared CPU cores (other jobs running: "
              "wall times are under contention). Mean ± 95 % t-interval over seeds "
              f"{cfg['seeds']}. Training subset: {cfg['n_train']} of the 60,000 training images (seeded per seed), "
-             f"clean validation split {N_VAL}, full 10,000-image test split; MLP 784→{HIDDEN}→10 tanh, Adam, "
-             f"{cfg['epochs']} epochs, wd {WD}. Data: {cfg['provenance']}.", "",
+             f"clean validation split (held-out set V) {cfg.get('n_val', N_VAL)} for (a) and (b), full 10,000-image "
+             f"test split; MLP 784→{HIDDEN}→10 tanh, Adam, {cfg['epochs']} epochs, wd {WD}. Selective removal scores "
+             f"each round on a copy with its last layer refit by L-BFGS: {cfg.get('refit', False)}. "
+             f"Data: {cfg['provenance']}.", "",
              "## (b) Test accuracy (%) after selective removal, random removal of the same counts, and none", "",
-             "| data | noise | none | selective | random | sel − none | sel − random | removed | flipped among removed | sample-passes sel/none |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| data | noise | none | selective | random | sel − none | sel − random | removed | flipped among removed | "
+             "sample-passes sel/none | clean labels only (ceiling) | ceiling − none |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s:
         lines.append(f"| {r['dataset']} | {int(100 * r['noise'])} % | {fmt(r['acc_none'], 100, 2)} | "
                      f"{fmt(r['acc_selective'], 100, 2)} | {fmt(r['acc_random'], 100, 2)} | "
                      f"{fmt(r['sel_minus_none'], 100, 2)} | {fmt(r['sel_minus_random'], 100, 2)} | "
                      f"{fmt(r['removed'], 1, 0)} | {fmt(r['removed_flipped_fraction'], 1, 2)} | "
-                     f"{fmt(r['passes_selective_over_none'], 1, 2)} |")
+                     f"{fmt(r['passes_selective_over_none'], 1, 2)} | {fmt(r['acc_clean_only'], 100, 2)} | "
+                     f"{fmt(r['clean_minus_none'], 100, 2)} |")
     lines += ["", "## Targets (issue 7), computed from the rows above", ""]
     for r in s:
         if r["noise"] == 0.2:
@@ -292,18 +296,23 @@ def table(payload: dict) -> str:
                 ok = "met" if 100 * c["mean"] >= 2 else "MISSED"
                 lines.append(f"- {r['dataset']}, 20 % noise, selective removal {lab}: {fmt(c, 100, 2)} points "
                              f"(target ≥ 2): {ok}")
+            c = r["clean_minus_none"]
+            lines.append(f"- {r['dataset']}, 20 % noise, the ceiling (training on the clean labels only) over none: "
+                         f"{fmt(c, 100, 2)} points")
+    measured = [m for m in MEASUREMENTS if s and f"{m}_precision" in s[0]]
     for r in s:
         if r["noise"] in (0.1, 0.2):
-            best = max(("margin", "loss"), key=lambda m: r[f"{m}_precision"]["mean"])
-            c = r[f"{best}_precision"]
-            ok = "met" if c["mean"] >= 0.8 else "MISSED"
-            lines.append(f"- {r['dataset']}, {int(100 * r['noise'])} % noise, memorised precision (best measurement: "
-                         f"{best}): {fmt(c, 1, 2)} (target ≥ 0.8): {ok}")
+            cells = []
+            for m in measured:
+                c = r[f"{m}_precision"]
+                cells.append(f"{m} {fmt(c, 1, 2)} ({'met' if c['mean'] >= 0.8 else 'MISSED'})")
+            lines.append(f"- {r['dataset']}, {int(100 * r['noise'])} % noise, memorised precision (target ≥ 0.8) by "
+                         f"measurement: {'; '.join(cells)}")
     lines += ["", "## (a) \"Memorised\" (aggregate ≤ 0) against the flipped labels, and self-influence at the same count",
               "", "| data | noise | measurement | # memorised | precision | recall | self-infl. precision | "
               "self-infl. recall | AUROC −aggregate | AUROC self-infl. |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in s:
-        for m in ("margin", "loss"):
+        for m in [m for m in ("margin", "prob", "loss") if m in measured]:
             self_p = fmt(r["self_precision"], 1, 2) if m == "loss" else "(see loss row)"
             self_r = fmt(r["self_recall"], 1, 2) if m == "loss" else ""
             lines.append(f"| {r['dataset']} | {int(100 * r['noise'])} % | {m} | {fmt(r[f'{m}_count'], 1, 0)} | "
@@ -315,7 +324,10 @@ def table(payload: dict) -> str:
               "precision and recall are undefined (–) and the count is the number of clean points called memorised. "
               "The loss measurement weighs held-out points by their loss, so a few confidently wrong held-out points "
               "dominate its aggregate (compare its 0 % noise count with the margin's); the margin (classification "
-              "influence) weighs every held-out point alike.",
+              "influence) weighs every held-out point alike, and the probability p_y (score_prob = p_y · score_loss "
+              "per held-out point) weighs the held-out points the model gets right most. All three are PAPERS.md "
+              "§4's rule M1 (S_V ≤ 0, self-influence > 0); they differ only in f. log p_y is the loss with the "
+              "sign turned, so its row would repeat the loss row.",
               "", "## (c) Last-layer vs full-parameter influence (seed 0, 20 % noise, model at ‖∇R‖ ≈ 0)", "",
               "| data | n train | P last / full | Spearman per query | Spearman aggregate | sign agreement | "
               "LDS last | LDS full | time last (s) | time full (s) | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -327,7 +339,7 @@ def table(payload: dict) -> str:
                      f"{c['spearman_per_query_mean']:.3f} | {c['spearman_aggregate']:.3f} | "
                      f"{c['sign_agreement_aggregate']:.3f} | {lds_cell(c, 'last')} | {lds_cell(c, 'full')} | "
                      f"{c['seconds_last']:.1f} | {c['seconds_full']:.1f} | {c['speedup']:.1f}× |")
-    lines += ["", "LDS over " + str(cfg.get("lds_subsets")) + " random half-subsets, retrained by Newton-CG "
+    lines += ["", "Part (c) aggregates over a validation split of 1,000. LDS over " + str(cfg.get("lds_subsets")) + " random half-subsets, retrained by Newton-CG "
               "(influent.eval.lds); full influence: GGN + CG, last layer: exact last-layer GGN (= its Hessian), "
               "direct solve; both damping = wd. Why they differ: docs/fewer_parameters.md.", ""]
     return "\n".join(lines)
@@ -344,8 +356,10 @@ def plots(payload: dict, prefix: str) -> None:
     for ax, name in zip(axes, DATASETS):
         rs = [r for r in s if r["dataset"] == name]
         x = range(len(rs))
-        for j, (k, lab) in enumerate((("acc_none", "none"), ("acc_selective", "selective"), ("acc_random", "random"))):
-            ax.bar([i + 0.27 * (j - 1) for i in x], [100 * r[k]["mean"] for r in rs], 0.27,
+        bars = (("acc_none", "none"), ("acc_selective", "selective"), ("acc_random", "random"),
+                ("acc_clean_only", "clean labels only"))
+        for j, (k, lab) in enumerate(bars):
+            ax.bar([i + 0.2 * (j - 1.5) for i in x], [100 * r[k]["mean"] for r in rs], 0.2,
                    yerr=[100 * (0 if math.isnan(r[k]["half"]) else r[k]["half"]) for r in rs], label=lab, capsize=2)
         ax.set_xticks(list(x), [f"{int(100 * r['noise'])} % noise" for r in rs])
         lo = min([100 * r[k]["mean"] for r in rs for k in ("acc_none", "acc_selective", "acc_random")] or [0])
@@ -370,6 +384,8 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--n-val", type=int, default=N_VAL, help="held-out reference set V of parts a and b")
+    ap.add_argument("--no-refit", action="store_true", help="selective removal scores the Adam model as it is")
     ap.add_argument("--fewer-n", type=int, default=1000, help="training points for (c)")
     ap.add_argument("--lds-m", type=int, default=20, help="LDS subsets for (c)")
     ap.add_argument("--merge", action="store_true", help="combine the results of --parts ab and --parts c runs")
@@ -384,7 +400,7 @@ def main() -> None:
     if args.merge:
         return merge(prefix)
     part_name = prefix if args.parts == "abc" else f"{prefix}_{args.parts}"
-    jobs = [(name, noise, seed, n_train, epochs, prefix if seed == 0 else None)
+    jobs = [(name, noise, seed, n_train, epochs, prefix if seed == 0 else None, args.n_val, not args.no_refit)
             for name in DATASETS for noise in noises for seed in seeds] if set("ab") & set(args.parts) else []
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
@@ -400,7 +416,8 @@ def main() -> None:
                     fewer.append({"dataset": name, "error": f"{type(e).__name__}: {e}"[:200]})
     cfg = {"command": "python benchmarks/memorization.py " + " ".join(sys.argv[1:]), "machine": machine(),
            "seeds": seeds, "noises": noises, "n_train": n_train, "epochs": epochs, "hidden": HIDDEN, "wd": WD,
-           "lr": LR, "batch_size": BATCH, "caps": CAPS, "n_val": N_VAL, "provenance": provenance(),
+           "lr": LR, "batch_size": BATCH, "caps": CAPS, "n_val": args.n_val, "refit": not args.no_refit,
+           "provenance": provenance(),
            "fewer_n": fewer_n, "lds_subsets": lds_m, "wall_seconds": time.perf_counter() - t0}
     payload = {"config": cfg, "summary": summarise(rows), "rows": rows, "fewer_parameters": fewer}
     if args.parts != "abc":  # a partial run: kept for --merge, which writes the full results
