@@ -288,7 +288,7 @@ def main() -> None:
         result.update(command=payload["command"], load_average_at_start=load)
         saved = (json.loads(path.read_text()) if path.exists() else {}).get(task)
         if args.merge and saved:  # other libraries' rows from the saved run, in LIBRARIES order
-            rows = {**saved["rows"], **result["rows"]}
+            rows = {**{k: r for k, r in saved["rows"].items() if k.split(": ")[0] not in args.libs}, **result["rows"]}
             order = sorted(rows, key=lambda k: LIBRARIES.index(k.split(": ")[0]))
             result["rows"] = {k: rows[k] for k in order}
             result["command"] += f" (other libraries' rows from: {saved.get('command', 'an earlier run')})"

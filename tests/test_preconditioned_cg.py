@@ -24,24 +24,26 @@ def _fit(solver, curvature="ggn", **kw):
                           damping=1e-3, **kw).fit((X, Y))
 
 
+@pytest.mark.parametrize("block", [False, True])
 @pytest.mark.parametrize("preconditioner", ["kfac", "ekfac"])
-def test_kfac_preconditioned_cg_equals_the_direct_solve(preconditioner):
+def test_kfac_preconditioned_cg_equals_the_direct_solve(preconditioner, block):
     # fewer iterations is measured on the digits MLP (benchmarks/vs_libraries.py); on this 83-parameter
     # net K-FAC, blind to the cross-layer blocks, is no better a preconditioner than the identity
     direct = _fit("direct").score((XQ, YQ)).values
-    plain, pre = _fit(CG(rtol=1e-10)), _fit(CG(rtol=1e-10, preconditioner=preconditioner))
+    plain, pre = _fit(CG(rtol=1e-10, block=block)), _fit(CG(rtol=1e-10, preconditioner=preconditioner, block=block))
     torch.testing.assert_close(pre.score((XQ, YQ)).values, direct, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(plain.score((XQ, YQ)).values, direct, rtol=1e-6, atol=1e-8)
     assert pre.solver_.info_["converged"] and plain.solver_.info_["converged"]
     assert pre.solver_.preconditioner_ is not None and plain.solver_.preconditioner_ is None
 
 
-def test_an_exact_preconditioner_converges_in_one_step():
+@pytest.mark.parametrize("block", [False, True])
+def test_an_exact_preconditioner_converges_in_one_step(block):
     g = torch.Generator().manual_seed(0)
     A = torch.randn(30, 30, generator=g, dtype=torch.float64)
     H = DenseOperator(A @ A.T / 30)
     B = torch.randn(30, 5, generator=g, dtype=torch.float64)
-    cg = CG(rtol=1e-10, preconditioner=Direct().fit(H, 0.1)).fit(H, 0.1)
+    cg = CG(rtol=1e-10, preconditioner=Direct().fit(H, 0.1), block=block).fit(H, 0.1)
     torch.testing.assert_close(cg.solve(B), Direct().fit(H, 0.1).solve(B))
     assert cg.info_["iterations"] == 1
 

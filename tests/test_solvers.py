@@ -48,8 +48,10 @@ LOGSPEC = 10 ** torch.linspace(-2, 2, 100, dtype=F64)   # PAPERS A1: condition n
 
 # ----- convergence to the direct solve ---------------------------------------------------------------
 CONVERGE = [  # (solver factory, damping, tolerance)
-    pytest.param(lambda: CG(rtol=1e-10), 1e-1, 1e-6, id="cg-0.1"),
-    pytest.param(lambda: CG(rtol=1e-10), 1.0, 1e-6, id="cg-1"),
+    pytest.param(lambda: CG(rtol=1e-10, block=False), 1e-1, 1e-6, id="cg-0.1"),
+    pytest.param(lambda: CG(rtol=1e-10, block=False), 1.0, 1e-6, id="cg-1"),
+    pytest.param(lambda: CG(rtol=1e-10), 1e-1, 1e-6, id="block-cg-0.1"),
+    pytest.param(lambda: CG(rtol=1e-10), 1.0, 1e-6, id="block-cg-1"),
     pytest.param(lambda: LiSSA(rtol=1e-8), 1e-1, 1e-6, id="lissa-0.1"),
     pytest.param(lambda: LiSSA(rtol=1e-8), 1.0, 1e-6, id="lissa-1"),
 ]
@@ -161,17 +163,33 @@ def test_arnoldi_extension_adds_the_complement():
 
 
 # ----- failure modes ---------------------------------------------------------------------------------
-def test_cg_raises_on_an_indefinite_operator():
+@pytest.mark.parametrize("block", [False, True])
+def test_cg_raises_on_an_indefinite_operator(block):
     op = spectral(torch.linspace(-2.0, 1.0, 30, dtype=F64))
     with pytest.raises(NumericalError, match="not positive definite.*damping"):
-        CG().fit(op, 0.1).solve(rhs(30, 3))
+        CG(block=block).fit(op, 0.1).solve(rhs(30, 3))
 
 
-def test_cg_warns_when_it_runs_out_of_iterations():
-    s = CG(rtol=1e-12, max_iter=3)
-    with pytest.warns(UserWarning, match="max_iter"):
+@pytest.mark.parametrize("block", [False, True])
+def test_cg_warns_when_it_runs_out_of_iterations(block):
+    s = CG(rtol=1e-12, max_iter=3, block=block)
+    with pytest.warns(UserWarning, match=r"max_iter.*\(2 of 2 columns\)|2 of 2 columns.*max_iter"):
         s.fit(spectral(LOGSPEC), 0.1).solve(rhs(100, 2))
     assert s.info_["iterations"] == 3 and not s.info_["converged"]
+
+
+def test_block_cg_shares_its_krylov_space_across_related_columns():
+    """Columns that mix a few directions converge together in far fewer iterations than one CG each,
+    and a block wider than the problem stops once it spans everything (no breakdown)."""
+    op = spectral(LOGSPEC)
+    B = rhs(100, 3) @ rhs(3, 12, seed=5) + 1e-3 * rhs(100, 12, seed=6)   # 12 columns, nearly rank 3
+    ref = Direct().fit(op, 1e-2).solve(B)
+    plain, block = CG(rtol=1e-10, block=False), CG(rtol=1e-10)
+    assert rel_err(plain.fit(op, 1e-2).solve(B), ref) < 1e-7 and rel_err(block.fit(op, 1e-2).solve(B), ref) < 1e-7
+    assert block.info_["iterations"] < plain.info_["iterations"] / 2
+    wide = CG(rtol=1e-12, block=True).fit(op, 1e-2)
+    assert rel_err(wide.solve(rhs(100, 150, seed=7)), Direct().fit(op, 1e-2).solve(rhs(100, 150, seed=7))) < 1e-9
+    assert wide.info_["block"] <= 100 and wide.info_["iterations"] <= 3
 
 
 def test_lissa_raises_when_the_scale_is_too_small():
@@ -212,7 +230,7 @@ def test_bad_options_and_inputs():
 
 def test_config_and_factory():
     assert CG(rtol=1e-4).config() == {"name": "cg", "rtol": 1e-4, "max_iter": None, "progress": False,
-                                      "preconditioner": None}
+                                      "preconditioner": None, "block": True}
     assert LiSSA(depth=10).config()["depth"] == 10
     assert Arnoldi(rank=7).config()["rank"] == 7
     assert isinstance(make_solver("cg"), CG)
@@ -223,7 +241,7 @@ def test_float32_stays_float32():
     op = DenseOperator(spectral(LOGSPEC[50:]).matrix.float())
     B = rhs(50, 2).float()
     ref = Direct().fit(op, 1.0).solve(B)
-    for solver in (CG(rtol=1e-5), LiSSA(rtol=1e-5), Arnoldi(rank=50, iterations=50, negatives="signed")):
+    for solver in (CG(rtol=1e-5), CG(rtol=1e-5, block=False), LiSSA(rtol=1e-5), Arnoldi(rank=50, iterations=50, negatives="signed")):
         X = solver.fit(op, 1.0).solve(B)
         assert X.dtype == torch.float32 and rel_err(X, ref) < 1e-4
 
@@ -241,7 +259,8 @@ def ggn():
 
 
 REAL = [  # (solver factory, tolerance)
-    pytest.param(lambda P: CG(rtol=1e-10), 1e-8, id="cg"),
+    pytest.param(lambda P: CG(rtol=1e-10, block=False), 1e-8, id="cg"),
+    pytest.param(lambda P: CG(rtol=1e-10), 1e-8, id="block-cg"),
     pytest.param(lambda P: LiSSA(rtol=1e-6), 1e-5, id="lissa"),
     pytest.param(lambda P: Arnoldi(rank=P, iterations=P, negatives="signed", tol=0.0), 1e-10, id="arnoldi-full"),
     # Early stop at the invariant Krylov subspace; its complement is the null space, weighted exactly 1/λ.

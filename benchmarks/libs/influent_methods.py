@@ -17,8 +17,10 @@ SMALL = {
     "kfac+direct": ("kfac", "direct", None),
     "ggn+arnoldi r=100": ("ggn", "arnoldi", dict(rank=100, iterations=200)),
     "hessian+arnoldi r=100": ("hessian", "arnoldi", dict(rank=100, iterations=200)),
-    "hessian+cg": ("hessian", "cg", dict(rtol=1e-6, max_iter=300)),
-    "hessian+cg, EK-FAC preconditioned": ("hessian", "cg", dict(rtol=1e-6, max_iter=300, preconditioner="ekfac")),
+    "hessian+cg (block)": ("hessian", "cg", dict(rtol=1e-6, max_iter=300)),
+    "hessian+cg (block), EK-FAC preconditioned": ("hessian", "cg", dict(rtol=1e-6, max_iter=300,
+                                                                        preconditioner="ekfac")),
+    "hessian+cg (one per column)": ("hessian", "cg", dict(rtol=1e-6, max_iter=300, block=False)),
     "hessian+lissa": ("hessian", "lissa", dict(depth=1000)),
     "identity": ("identity", "identity", None),
 }
@@ -53,7 +55,7 @@ def _self(config: tuple) -> Method:
         return _attributor(p, *config).self_influence().double()
     return run
 
-SLOW = {"hessian+cg", "hessian+cg, EK-FAC preconditioned", "hessian+lissa"}  # left out by --quick
+SLOW = {"hessian+cg (one per column)", "hessian+lissa"}  # left out by --quick
 
 
 def methods(scale: str) -> dict[str, Method]:

@@ -1,7 +1,9 @@
-"""Block conjugate gradients on H + λI: one independent CG per right-hand side, vectorised.
+"""Conjugate gradients on H + λI for a block of right-hand sides.
 
-Each iteration pushes all still-active columns through one `matmat`, so m right-hand sides cost
-about as many operator passes as one. Needs a positive-definite damped operator.
+By default block CG (solvers/block_cg.py): all columns share one Krylov space, so related columns
+(the gradients of many queries) converge in far fewer iterations. `block=False` runs one independent
+CG per column, vectorised: each iteration pushes all still-active columns through one `matmat`.
+Either way each column stops at its own ‖r‖/‖b‖ ≤ rtol. Needs a positive-definite damped operator.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..curvature.operator import LinearOperator, split_damping
 from ..progress import Bar
 from ..errors import InputError, NumericalError
 from .base import Solver
+from .block_cg import block_cg
 
 
 def check_rhs(B: Tensor, solver: str) -> None:
@@ -28,7 +31,7 @@ PRECONDITIONERS = ("kfac", "ekfac")
 
 
 class CG(Solver):
-    """Conjugate gradients per column; stops each column at ‖r‖/‖b‖ ≤ rtol.
+    """Conjugate gradients on a block of columns; stops each column at ‖r‖/‖b‖ ≤ rtol.
 
     `max_iter=None` means 10·P, as in SciPy: in floating point an ill-conditioned system can need more
     than the P steps of exact arithmetic. Example: ``CG(rtol=1e-8).fit(H, damping=1e-3).solve(B)``.
@@ -36,13 +39,18 @@ class CG(Solver):
     `preconditioner="kfac"` or `"ekfac"` (built by the Attributor on the same curvature set and damping),
     or any fitted object with `.solve(B)` ≈ (H + λI)⁻¹B, turns this into preconditioned CG: the answer
     is the same (the residual test is on H + λI itself), reached in fewer products when M ≈ H + λI.
+
+    `block=True` (default) runs breakdown-free block CG: all columns search one shared Krylov space,
+    so related right-hand sides converge in fewer iterations (digits MLP, 100 queries: 24 iterations
+    instead of > 300), at the price of a thin SVD of the [P, m] search block per iteration.
+    `block=False` is textbook CG per column. Same stopping rule, same answer.
     """
 
     name = "cg"
     preconditioner_: Any = None  # the fitted preconditioner, when there is one
 
     def __init__(self, rtol: float = 1e-8, max_iter: int | None = None, progress: bool = False,
-                 preconditioner: Any = None):
+                 preconditioner: Any = None, block: bool = True):
         super().__init__()
         if not rtol >= 0:
             raise InputError(f"CG rtol must be >= 0, got {rtol}")
@@ -54,14 +62,14 @@ class CG(Solver):
         if not (preconditioner is None or isinstance(preconditioner, str) or hasattr(preconditioner, "solve")):
             raise InputError("a CG preconditioner must be 'kfac', 'ekfac' or an object with .solve(B)")
         self.rtol, self.max_iter, self.progress = float(rtol), max_iter, progress
-        self.preconditioner = preconditioner
+        self.preconditioner, self.block = preconditioner, bool(block)
         if hasattr(preconditioner, "solve"):
             self.preconditioner_ = preconditioner
 
     def config(self) -> dict:
         pre = self.preconditioner if isinstance(self.preconditioner, (str, type(None))) else repr(self.preconditioner)
         return {"name": self.name, "rtol": self.rtol, "max_iter": self.max_iter, "progress": self.progress,
-                "preconditioner": pre}
+                "preconditioner": pre, "block": self.block}
 
     def _precondition(self, R: Tensor) -> Tensor:
         if self.preconditioner_ is None:
@@ -85,6 +93,13 @@ class CG(Solver):
         if isinstance(self.preconditioner, str) and self.preconditioner_ is None:
             raise InputError(f"CG(preconditioner={self.preconditioner!r}) is built from the model by the "
                              "Attributor; used on its own, pass a fitted solver as the preconditioner")
+        if self.block:
+            X, info = block_cg(self._apply, self._precondition, B_, self.rtol, max_iter, self._indefinite,
+                               self.progress)
+            self.info_.update(info, columns=m, max_iter=max_iter)
+            if not info["converged"]:
+                self._warn_unconverged(info["iterations"], info["residual"], info["left"], m)
+            return X.to(B.dtype)
         X = torch.zeros_like(B_)
         R = B_.clone()
         Z = self._precondition(R)                        # M⁻¹r (r itself without a preconditioner)
@@ -109,7 +124,8 @@ class CG(Solver):
                 raise NumericalError("CG: the curvature product returned NaN/Inf; check the model weights and "
                                      "the curvature data")
             if bool((pAp <= 0).any()):
-                self._indefinite(Dk, pAp, it)
+                rq = pAp / (Dk * Dk).sum(0).clamp_min(torch.finfo(Dk.dtype).tiny)
+                self._indefinite(float(rq.min()), it)
             alpha = rz[idx] / pAp
             X[:, idx] += alpha * Dk
             Rk = R[:, idx] - alpha * AD
@@ -134,16 +150,16 @@ class CG(Solver):
         self.info_.update(iterations=it, matvecs=matvecs, residual=res, converged=converged,
                           columns=m, max_iter=max_iter)
         if not converged:
-            warnings.warn(f"CG did not converge: after {it} iterations the largest relative residual is "
-                          f"{res:.2e} > rtol={self.rtol:.1e} ({int(active.sum())} of {m} columns). Raise "
-                          f"max_iter, or raise the damping (now {self._lam:.3g}) to improve the conditioning.",
-                          stacklevel=3)
+            self._warn_unconverged(it, res, int(active.sum()), m)
         return X.to(B.dtype)
 
-    def _indefinite(self, D: Tensor, pAp: Tensor, it: int) -> None:
-        """Raise with a cheap lower bound on the damping needed: λ − min Rayleigh quotient pᵀ(H+λI)p/pᵀp."""
-        rq = pAp / (D * D).sum(0).clamp_min(torch.finfo(D.dtype).tiny)
-        worst = float(rq.min())
+    def _warn_unconverged(self, it: int, res: float, left: int, m: int) -> None:
+        warnings.warn(f"CG did not converge: after {it} iterations the largest relative residual is "
+                      f"{res:.2e} > rtol={self.rtol:.1e} ({left} of {m} columns). Raise max_iter, or raise the damping "
+                      f"(now {self._lam:.3g}) to improve the conditioning.", stacklevel=4)
+
+    def _indefinite(self, worst: float, it: int) -> None:
+        """Raise with a cheap lower bound on the damping needed: λ − the Rayleigh quotient pᵀ(H+λI)p/pᵀp."""
         raise NumericalError(f"CG found non-positive curvature pᵀ(H + λI)p ≤ 0 at iteration {it}: the damped "
                              f"operator is not positive definite, so CG does not apply. Raise the damping above "
                              f"{self._lam - worst:.3g} at the very least (now {self._lam:.3g}; H has a Rayleigh "
