@@ -28,16 +28,17 @@ LARGE = {
     "ekfac+direct": ("ekfac", "direct", None),
     "kfac+direct": ("kfac", "direct", None),
     "identity": ("identity", "identity", None),
+    "identity, last layer": ("identity", "identity", None, dict(params="last")),  # ≈ Captum's TracInCPFast
 }
 SOLVERS = {"arnoldi": "Arnoldi", "cg": "CG", "lissa": "LiSSA"}
 
 
-def _attributor(p: Problem, curvature: str, solver: str, opts: dict | None) -> Any:
+def _attributor(p: Problem, curvature: str, solver: str, opts: dict | None, extra: dict | None = None) -> Any:
     import influent as inf
 
     s = getattr(inf.solvers, SOLVERS[solver])(**opts) if opts else solver
     return inf.Attributor(p.model, inf.Task.classification(), curvature=curvature, solver=s,
-                          damping=p.weight_decay, batch_size=p.batch_size).fit(p.train)
+                          damping=p.weight_decay, batch_size=p.batch_size, **(extra or {})).fit(p.train)
 
 
 def _scores(config: tuple) -> Method:

@@ -30,11 +30,10 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
              max_iter: int, indefinite: Callable[[float, int], None], progress: bool = False) -> tuple[Tensor, dict]:
     """Solve A X = B (A symmetric positive definite, given by `apply`) with M⁻¹ = `precondition`.
 
-    `indefinite(rayleigh_quotient, iteration)` is called (and must raise) when A shows a direction
-    of non-positive curvature.
     Each column stops at ‖r_j‖ ≤ rtol·‖b_j‖. Returns X and an info dict (iterations, matvecs,
     residual = the largest relative residual, converged, left = columns not converged, block = the
-    widest search block used).
+    widest search block used). `indefinite(rayleigh_quotient, iteration)` is called, and must raise,
+    when A shows a direction of non-positive curvature.
     """
     P, m = B.shape
     X = torch.zeros_like(B)
