@@ -186,7 +186,8 @@ def evaluate(task: str, p: Problem, gt: dict, values: np.ndarray, exact: np.ndar
     o = gt["options"]
     res = lds(torch.as_tensor(values), p.model, inf.Task.classification(), p.train, p.query, WD, m=o["m"],
               alpha=o["alpha"], retrainer=gt["retrainer"])
-    row = {"lds": res.value, "lds_per_query_sd": float(np.nanstd(res.per_query.numpy()))}
+    row = {"lds": res.value, "lds_per_query_sd": float(np.nanstd(res.per_query.numpy())),
+           "lds_per_query": [round(float(x), 6) for x in res.per_query]}  # for paired comparisons
     if task == "a":
         row["spearman_vs_exact"], _ = spearman_rows(values, exact)
         r = gt["loo"].pearson(torch.as_tensor(values))
@@ -291,7 +292,8 @@ def main() -> None:
             rows = {**{k: r for k, r in saved["rows"].items() if k.split(": ")[0] not in args.libs}, **result["rows"]}
             order = sorted(rows, key=lambda k: LIBRARIES.index(k.split(": ")[0]))
             result["rows"] = {k: rows[k] for k in order}
-            result["command"] += f" (other libraries' rows from: {saved.get('command', 'an earlier run')})"
+            first = saved.get("command", "an earlier run").rsplit("rows from: ", 1)[-1].rstrip(")")
+            result["command"] += f" (other libraries' rows from: {first})"  # the run they were measured in
         from libs.report import table
         payload = {**(json.loads(path.read_text()) if path.exists() else {}), **payload, task: result}
         write(name, payload, table(payload))  # re-read first: runs of other tasks may have written meanwhile

@@ -63,3 +63,20 @@ def test_sequence_inputs_fall_back_to_dense_gradients():
     attr = inf.Attributor(model, inf.Task.classification(), damping=0.1, cache_bytes=0).fit((X, Y))
     torch.testing.assert_close(attr.score((XQ, YQ)).values, ref, rtol=1e-8, atol=1e-10)
     assert attr.factor_layers_ is None  # detected and switched off
+
+
+def test_cached_training_rows_from_factors_equal_per_example_autograd(monkeypatch):
+    """Rows kept in memory come from Linear factors (one backward pass, no vmap); they equal vmap autograd."""
+    from influent.grads import ModelFunction
+
+    X, y = blobs(40, 5, 3, seed=1)
+    X = X.double()
+    model = seeded(lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))).double()
+    vmap_rows = ModelFunction.per_example_grads
+    for params in ("all", "last"):
+        with monkeypatch.context() as m:
+            m.setattr(ModelFunction, "per_example_grads", lambda *a, **k: pytest.fail("autograd path used"))
+            attr = inf.Attributor(model, inf.Task.classification(), params=params, curvature="identity",
+                                  solver="identity").fit((X, y))
+        assert attr.train_grads_ is not None
+        torch.testing.assert_close(attr.train_grads_, vmap_rows(attr.fn_, (X, y)), rtol=1e-12, atol=1e-14)

@@ -23,6 +23,21 @@ def _best(rows: dict, key: str, influent: bool) -> tuple[str, dict] | None:
     return min((kr for kr in pool if kr[1][key] >= top - TIE), key=lambda kr: kr[1]["seconds"])
 
 
+def _paired(a: dict, b: dict) -> str:
+    """'; paired difference a − b over queries: mean ± 95 % t-interval' when both rows kept per-query LDS."""
+    import math
+    import statistics
+
+    from scipy.stats import t as student
+
+    pa, pb = a.get("lds_per_query"), b.get("lds_per_query")
+    if not (pa and pb and len(pa) == len(pb)):
+        return ""
+    d = [x - y for x, y in zip(pa, pb) if x == x and y == y]
+    half = student.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return f"; paired difference over {len(d)} queries {statistics.fmean(d):+.3f} ± {half:.3f} (95 %)"
+
+
 def targets(task: str, rows: dict) -> list[str]:
     """One line per target of the issue, with the numbers that decide it."""
     key = "auc" if task == "c" else "lds"
@@ -44,9 +59,11 @@ def targets(task: str, rows: dict) -> list[str]:
                         if fast else "none (MISSED)"))
     else:
         ok = [r for k, r in rows.items() if k.startswith("influent:") and "error" not in r]
-        best_other = max(r["lds"] for k, r in rows.items() if not k.startswith("influent:") and "error" not in r)
-        lines.append(f"- influent's best {kn}: LDS {o['lds']:.3f} in {o['seconds']:.1f} s; the libraries' best LDS "
-                     f"{best_other:.3f} ({'met' if o['lds'] >= best_other else 'MISSED'})")
+        top_k, top = max(((k, r) for k, r in rows.items() if not k.startswith("influent:") and "error" not in r),
+                         key=lambda kr: kr[1]["lds"])
+        lines.append(f"- influent's best {kn}: LDS {o['lds']:.3f} in {o['seconds']:.1f} s; the libraries' best "
+                     f"{top_k}: LDS {top['lds']:.3f} in {top['seconds']:.1f} s "
+                     f"({'met' if o['lds'] >= top['lds'] else 'MISSED'}){_paired(o, top)}")
         # every library method's (LDS, time) must be dominated: some influent method at least as good, faster
         beaten = [k for k, r in rows.items() if not k.startswith("influent:") and "error" not in r
                   and not any(x["lds"] >= r["lds"] and x["seconds"] < r["seconds"] for x in ok)]

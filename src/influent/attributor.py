@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .curvature import CURVATURES, make_curvature
 from . import distributed
-from .errors import InputError, NotFittedError
+from .errors import InputError, NotFittedError, NumericalError
 from .grads import ModelFunction, check_batch, eval_mode
 from .inputs import Examples, as_examples
 from .params import check_finite_params, select_params
@@ -188,7 +188,7 @@ class Attributor:
         width = self.compressor_.k_ if self.compressor_ is not None else self.space_.numel
         rows = self._rows() if self.compressor_ is None else self.batch_size
         compute = (lambda b: compressed_rows(self.fn_, self.compressor_, self.factor_layers_, b)) \
-            if self.compressor_ is not None else (lambda b: self.fn_.per_example_grads(b))
+            if self.compressor_ is not None else self._per_example_rows
         if store is not None:
             gs = GradientStore.open(store, config=self._store_config(), dim=width, dtype=self._compute_dtype,
                                     fingerprint=model_fingerprint(self.model, self.space_))
@@ -211,6 +211,21 @@ class Attributor:
             out[offset: offset + block.shape[0]] = block
             offset += block.shape[0]
         return out
+
+    def _per_example_rows(self, batch: Any) -> Tensor:
+        """Flat training gradients of a batch: outer products of Linear-layer factors (one backward
+        pass) when every selected parameter is a Linear's, else per-example autograd (vmap)."""
+        if self.factor_layers_ is not None and not getattr(self, "_rows_unfactorable", False):
+            try:
+                rows = flatten_factors(self.factor_layers_, self.space_, factor_batch(self.fn_, self.factor_layers_, batch))
+            except NotFactorable:  # e.g. sequence inputs, or a layer called twice: autograd below
+                self._rows_unfactorable = True
+            else:
+                if not bool(torch.isfinite(rows).all()):
+                    raise NumericalError("a per-example gradient is NaN or Inf; check the inputs and the loss "
+                                         "(e.g. log of 0) and that the model is not diverged")
+                return rows
+        return self.fn_.per_example_grads(batch)
 
     def _store_config(self) -> dict:
         return {"params": list(self.space_.names), "task": self.task.describe(),
