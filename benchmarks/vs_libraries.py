@@ -287,13 +287,14 @@ def main() -> None:
         load = os.getloadavg()[0]
         result = run_task(task, args)
         result.update(command=payload["command"], load_average_at_start=load)
+        for row in result["rows"].values():  # rows kept by a later --merge still name the run that measured them
+            row.update(command=payload["command"], load_average_at_start=load)
         saved = (json.loads(path.read_text()) if path.exists() else {}).get(task)
         if args.merge and saved:  # other libraries' rows from the saved run, in LIBRARIES order
             rows = {**{k: r for k, r in saved["rows"].items() if k.split(": ")[0] not in args.libs}, **result["rows"]}
             order = sorted(rows, key=lambda k: LIBRARIES.index(k.split(": ")[0]))
             result["rows"] = {k: rows[k] for k in order}
-            first = saved.get("command", "an earlier run").rsplit("rows from: ", 1)[-1].rstrip(")")
-            result["command"] += f" (other libraries' rows from: {first})"  # the run they were measured in
+            result["command"] += " (the other rows: see each row's run below)"
         from libs.report import table
         payload = {**(json.loads(path.read_text()) if path.exists() else {}), **payload, task: result}
         write(name, payload, table(payload))  # re-read first: runs of other tasks may have written meanwhile

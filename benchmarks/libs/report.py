@@ -89,6 +89,13 @@ def table(payload: dict) -> str:
         if "command" not in result:
             return []
         load = result.get("load_average_at_start")
+        runs: dict = {}
+        for k, r in result["rows"].items():
+            if "command" in r:
+                runs.setdefault((r["command"], r.get("load_average_at_start")), []).append(k.split(": ")[0])
+        if len(runs) > 1:  # rows merged from several runs: name each run and the libraries it measured
+            return ["Runs: " + "; ".join(f"`{c}` (load average {_f(la, '.2f')}: {', '.join(dict.fromkeys(libs))})"
+                                         for (c, la), libs in runs.items()) + ".", ""]
         return [f"Command: `{result['command']}`; load average at start "
                 f"{'not recorded' if load is None else format(load, '.2f')}.", ""]
 
