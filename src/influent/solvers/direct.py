@@ -23,7 +23,7 @@ class Direct(Solver):
             self.info_["method"] = "structured"
             self._residual(lambda X: curvature.matmat(X).double() + damping * X.double(), curvature.dtype)
             return
-        H = curvature.dense(dtype=torch.float64)
+        H = curvature.dense(dtype=torch.float64).detach()  # a graph through the model weights is never needed here
         if not bool(torch.isfinite(H).all()):
             raise NumericalError("the curvature has NaN/Inf entries, so H + λI cannot be factored; a per-example "
                                  "gradient or curvature product overflowed: check the inputs, the loss (e.g. log 0 "
