@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .curvature import CURVATURES, make_curvature
 from . import distributed
-from .errors import InputError, NotFittedError, NumericalError
+from .errors import InputError, NotFittedError
 from .grads import ModelFunction, check_batch, eval_mode
 from .inputs import Examples, as_examples
 from .params import check_finite_params, select_params
@@ -216,15 +216,10 @@ class Attributor:
         """Flat training gradients of a batch: outer products of Linear-layer factors (one backward
         pass) when every selected parameter is a Linear's, else per-example autograd (vmap)."""
         if self.factor_layers_ is not None and not getattr(self, "_rows_unfactorable", False):
-            try:
-                rows = flatten_factors(self.factor_layers_, self.space_, factor_batch(self.fn_, self.factor_layers_, batch))
+            try:  # factor_batch refuses non-finite output gradients, as per_example_grads does
+                return flatten_factors(self.factor_layers_, self.space_, factor_batch(self.fn_, self.factor_layers_, batch))
             except NotFactorable:  # e.g. sequence inputs, or a layer called twice: autograd below
                 self._rows_unfactorable = True
-            else:
-                if not bool(torch.isfinite(rows).all()):
-                    raise NumericalError("a per-example gradient is NaN or Inf; check the inputs and the loss "
-                                         "(e.g. log of 0) and that the model is not diverged")
-                return rows
         return self.fn_.per_example_grads(batch)
 
     def _store_config(self) -> dict:

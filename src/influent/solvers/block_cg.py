@@ -8,7 +8,7 @@ as columns converge. Columns leave the block once their own residual test is met
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
     widest search block used). `indefinite(rayleigh_quotient, iteration)` is called, and must raise,
     when A shows a direction of non-positive curvature.
     """
-    P, m = B.shape
+    m = B.shape[1]
     X = torch.zeros_like(B)
     bnorm = B.norm(dim=0)
     target = rtol * bnorm
@@ -74,5 +74,5 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
             beta = -torch.cholesky_solve(Q.T @ Z, L)
             D = orthonormal_basis(Z + D @ beta)
     residual = float(rel.max()) if m else 0.0
-    return X, dict(iterations=it, matvecs=matvecs, residual=residual, converged=not active.numel(), left=int(active.numel()),
-                   block=widest)
+    return X, {"iterations": it, "matvecs": matvecs, "residual": residual, "converged": not active.numel(),
+               "left": int(active.numel()), "block": widest}
