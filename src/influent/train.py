@@ -16,6 +16,13 @@ def objective(model: nn.Module, task: Task, data: tuple, weight_decay: float) ->
     return loss
 
 
+def grad_norm(model: nn.Module, task: Task, data: tuple, weight_decay: float) -> float:
+    """Full-batch ‖∇R‖ of `objective` over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(objective(model, task, data, weight_decay), params)
+    return float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+
+
 def fit_lbfgs(model: nn.Module, task: Task, data: tuple, weight_decay: float = 1e-3, max_iter: int = 2000,
               tol: float = 1e-9) -> float:
     """Full-batch L-BFGS until the gradient norm is below `tol`; returns the final gradient norm."""
@@ -32,8 +39,7 @@ def fit_lbfgs(model: nn.Module, task: Task, data: tuple, weight_decay: float = 1
     model.eval()
     opt.step(closure)
     opt.zero_grad()
-    g = torch.autograd.grad(objective(model, task, data, weight_decay), params)
-    return float(torch.sqrt(sum((x ** 2).sum() for x in g)))
+    return grad_norm(model, task, data, weight_decay)
 
 
 def fit_adam(model: nn.Module, task: Task, data: tuple, weight_decay: float = 1e-3, epochs: int = 5,
@@ -54,8 +60,7 @@ def fit_adam(model: nn.Module, task: Task, data: tuple, weight_decay: float = 1e
             loss.backward()
             opt.step()
     opt.zero_grad()
-    grads = torch.autograd.grad(objective(model, task, data, weight_decay), params)
-    return float(torch.sqrt(sum((x ** 2).sum() for x in grads)))
+    return grad_norm(model, task, data, weight_decay)
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh, seed: int = 0,
