@@ -44,6 +44,7 @@ class Attributor:
     """
 
     partition_: distributed.Partition | None = None  # set by fit under torch.distributed
+    _rows_unfactorable = False  # set when a batch refuses the factored training-row path
 
     def __init__(self, model: nn.Module, task: Task, *, params: Any = "all", curvature: Any = "hessian",
                  solver: Any = "direct", damping: float = 1e-3, compress: Any = None, sampler: Any = None,
@@ -215,7 +216,7 @@ class Attributor:
     def _per_example_rows(self, batch: Any) -> Tensor:
         """Flat training gradients of a batch: outer products of Linear-layer factors (one backward
         pass) when every selected parameter is a Linear's, else per-example autograd (vmap)."""
-        if self.factor_layers_ is not None and not getattr(self, "_rows_unfactorable", False):
+        if self.factor_layers_ is not None and not self._rows_unfactorable:
             try:  # factor_batch refuses non-finite output gradients, as per_example_grads does
                 return flatten_factors(self.factor_layers_, self.space_, factor_batch(self.fn_, self.factor_layers_, batch))
             except NotFactorable:  # e.g. sequence inputs, or a layer called twice: autograd below
