@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .curvature import CURVATURES, make_curvature
-from . import distributed
+from . import distributed, memory
 from .errors import InputError, NotFittedError
 from .grads import ModelFunction, check_batch, eval_mode
 from .inputs import Examples, as_examples
@@ -70,8 +70,7 @@ class Attributor:
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.memory is not None:
-            from .memory import parse_bytes
-            parse_bytes(self.memory)
+            memory.parse_bytes(self.memory)
 
     def _examples(self, data: Any, ids: Sequence | None, name: str) -> Examples:
         p0 = next(self.model.parameters())
@@ -98,7 +97,8 @@ class Attributor:
             check_batch(self.fn_, examples.data, "train")
             self.factor_layers_ = plan_factors(self.model, self.space_)
             self.compressor_ = self._fit_compressor(examples)
-            self.memory_plan_ = None if self.memory is None else self._plan_memory(examples, 0, full_scores=False)
+            self.memory_plan_ = (None if self.memory is None
+                                 else memory.check_attributor(self, examples, 0, full_scores=False))
             sampler = make_sampler(self.sampler)
             positions = list(range(len(examples))) if sampler is None else sampler.select(examples, self.fn_, self.seed)
             self.curvature_ids_ = [examples.ids[i] for i in positions]
@@ -335,33 +335,11 @@ class Attributor:
                 "n_params": self.space_.numel}
 
     # ----- scoring --------------------------------------------------------------------------
-    def _plan_memory(self, examples: Examples, n_query: int, full_scores: bool):
-        """The memory plan of this configuration; refuses (MemoryBudgetError) when over `memory`."""
-        from . import memory
-
-        width = self.compressor_.k_ if self.compressor_ is not None else self.space_.numel
-        itemsize = torch.finfo(self._compute_dtype).bits // 8
-        n = len(examples)
-        keep = n * width * itemsize <= self.cache_bytes
-        curv = self.curvature if isinstance(self.curvature, str) else "custom"
-        solver = self.solver if isinstance(self.solver, str) else getattr(self.solver, "name", "custom")
-        layers = [(l.out, l.d_a) for l in self.factor_layers_] if self.factor_layers_ else None
-        if n_query == 0 or getattr(self, "activation_bytes_", None) is None:  # measured at fit, reused by score
-            self.activation_bytes_ = memory.activation_bytes(self.fn_, next(examples.batches(1))[1]) if n else 0
-        act = self.activation_bytes_
-        rows = self._rows() if self.compressor_ is None else self.batch_size
-        plan = memory.plan(P=self.space_.numel, width=width, n_train=n, n_query=n_query, itemsize=itemsize,
-                           rows=rows, act_per_example=act, curvature=curv, solver=solver, layers=layers,
-                           keep_rows=keep, full_scores=full_scores, budget=self.memory,
-                           factored=self.factor_layers_ is not None and self.compressor_ is not None)
-        memory.refuse(plan, width=width, P=self.space_.numel, n_train=n, n_query=n_query, itemsize=itemsize)
-        return plan
-
     def score(self, query: Any, ids: Sequence | None = None) -> Scores:
         """The full (n_query, n_train) influence matrix with ids."""
         if self.memory is not None and getattr(self, "train_examples_", None) is not None:
             n_query = len(self._examples(query, ids, "query"))
-            self._plan_memory(self.train_examples_, n_query, full_scores=True)
+            memory.check_attributor(self, self.train_examples_, n_query, full_scores=True)
         score_block, blocks, qids = self._block_scorer(query, ids)
         with eval_mode(self.model):
             if self.partition_ is not None:  # torch.distributed: every rank's columns, in global order

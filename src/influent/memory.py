@@ -154,3 +154,24 @@ def refuse(p: MemoryPlan, *, width: int, P: int, n_train: int, n_query: int, ite
         f"predicted peak {human(p.peak)} exceeds the memory budget {human(p.budget)} (already resident "
         f"{human(p.base)}; largest part: {worst[0]} {human(worst[1])}); "
         + ("; or ".join(hints) if hints else "raise the budget or use a smaller curvature (ekfac, arnoldi)"))
+
+
+def check_attributor(attr, examples, n_query: int, full_scores: bool) -> MemoryPlan:
+    """The memory plan of an Attributor's configuration on `examples`; MemoryBudgetError when over its `memory`."""
+    width = attr.compressor_.k_ if attr.compressor_ is not None else attr.space_.numel
+    itemsize = torch.finfo(attr._compute_dtype).bits // 8
+    n = len(examples)
+    keep = n * width * itemsize <= attr.cache_bytes
+    curv = attr.curvature if isinstance(attr.curvature, str) else "custom"
+    solver = attr.solver if isinstance(attr.solver, str) else getattr(attr.solver, "name", "custom")
+    layers = [(l.out, l.d_a) for l in attr.factor_layers_] if attr.factor_layers_ else None
+    if n_query == 0 or getattr(attr, "activation_bytes_", None) is None:  # measured at fit, reused by score
+        attr.activation_bytes_ = activation_bytes(attr.fn_, next(examples.batches(1))[1]) if n else 0
+    act = attr.activation_bytes_
+    rows = attr._rows() if attr.compressor_ is None else attr.batch_size
+    p = plan(P=attr.space_.numel, width=width, n_train=n, n_query=n_query, itemsize=itemsize, rows=rows,
+             act_per_example=act, curvature=curv, solver=solver, layers=layers, keep_rows=keep,
+             full_scores=full_scores, budget=attr.memory,
+             factored=attr.factor_layers_ is not None and attr.compressor_ is not None)
+    refuse(p, width=width, P=attr.space_.numel, n_train=n, n_query=n_query, itemsize=itemsize)
+    return p
