@@ -157,6 +157,7 @@ def run_block(dataset: str, model_name: str, args, log) -> dict:
                                            and x["budget_pct"] == frac and x["label"] == c) for name in SAMPLERS}
             log(f"    {frac:g} %: " + ", ".join(f"{k} {v:.4f}" for k, v in summ.items()))
     return {"dataset": dataset, "model": model_name, "n_params": n_params, "classes": classes, "seeds": seeds,
+            "iters": args.iters,
             "original": {"train_seconds": train_s, "final_grad_norm": model.final_grad_norm, "test_acc_5000": a},
             "full": full, "cells": cells}
 
@@ -248,6 +249,15 @@ def fmt(s: dict, nd: int = 4) -> str:
     return f"{s['mean']:.{nd}f} ± {s['ci95']:.{nd}f}" if not math.isnan(s["ci95"]) else f"{s['mean']:.{nd}f}"
 
 
+def original_line(blk: dict) -> str:
+    """How well the original model was trained: the Newton step assumes it sits at a minimum."""
+    runs = blk["original"] if isinstance(blk["original"], list) else [blk["original"]]
+    gn = sorted({f"{r['final_grad_norm']:.1e}" for r in runs})
+    acc = sorted({f"{r['test_acc_5000']:.4f}" for r in runs})
+    return (f"Original model: ‖∇R‖ {', '.join(gn)} after training, test accuracy (first 5,000) {', '.join(acc)}"
+            + (f" ({len(runs)} runs of the same seeded training)" if len(runs) > 1 else "") + ".\n")
+
+
 def markdown(payload: dict) -> str:
     lines = ["# Smart sampling of the curvature data: class removal by one Newton step", "",
              f"Command: `{payload['command']}`. {payload['plan']}", "",
@@ -259,7 +269,8 @@ def markdown(payload: dict) -> str:
         S = blk["summary"]
         rt = S["retrain"]
         lines += [f"## {blk['dataset']} / {blk['model']} ({blk['n_params']:,} parameters; classes {blk['classes']}, "
-                  f"{blk['seeds']} seeds)", "",
+                  f"{blk['seeds']} seeds; L-BFGS {blk.get('iters', 200)} iterations)", "",
+                  original_line(blk),
                   f"Retraining from scratch: F1 {fmt(rt['f1'])}, a_f {fmt(rt['a_f'])}, {fmt(rt['seconds'], 1)} s, "
                   f"{fmt(rt['peak_mb'], 1)} MB. Gap retrain − Newton at 100 %: pure {fmt(S['gap_100']['pure'])}, "
                   f"scaled {fmt(S['gap_100']['scaled'])}.", "",
