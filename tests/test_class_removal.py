@@ -162,6 +162,15 @@ def test_measure_sees_a_large_allocation():
     assert cost["peak_mb"] >= 100 and cost["seconds"] > 0
 
 
+def test_stationarity_is_small_at_the_minimum_and_warns_away_from_it(problem):
+    model, train, _, test = problem
+    r = remove_class(model, TASK, train, test, 2, weight_decay=WD, curvature="hessian", solver="direct")
+    assert r.newton.details["stationarity"] < 1e-4
+    with pytest.warns(UserWarning, match="not at a minimum"):
+        r = remove_class(_logreg().eval(), TASK, train, test, 2, weight_decay=WD, curvature="hessian", solver="direct")
+    assert r.newton.details["stationarity"] > 0.1
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(label=9), "does not occur"),
     (dict(label=1.0), "integer class"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import resource
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ from ..solvers import make_solver
 from ..task import Task, _target
 
 DEFAULT_SCALES = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
+STATIONARITY_WARN = 0.1  # ‖∇R(θ̂)‖ / ‖∇R_rem(θ̂)‖ above which the model is not trained enough for a Newton step
 EVAL_BATCH = 2048
 
 
@@ -177,7 +179,8 @@ def with_weights(model: nn.Module, space: ParamSpace, flat: Tensor) -> nn.Module
 def newton_direction(model: nn.Module, task: Task, remaining: Examples, *, weight_decay: float,
                      damping: float, curvature: Any, solver: Any, sampler: Any, seed: int, batch_size: int,
                      progress: bool = False) -> tuple[ParamSpace, Tensor, dict]:
-    """(space, Δ, info) with Δ = (H_S + λI)⁻¹ ∇R_rem(θ̂); the curvature is built on the sampler's subset S."""
+    """(space, Δ, info) with Δ = (H_S + λI)⁻¹ ∇R_rem(θ̂) (info["gradient"]); the curvature is built on the
+    sampler's subset S."""
     space = select_params(model, "all")
     check_finite_params(model, space)
     with eval_mode(model):
@@ -195,9 +198,24 @@ def newton_direction(model: nn.Module, task: Task, remaining: Examples, *, weigh
                           size=op.size, seed=seed)
         with stage(f"{slv.name} solve", progress):
             delta = slv.fit(op, damping).solve(g[:, None])[:, 0]
-    info = {"curvature_n": len(pos), "curvature_ids": [remaining.ids[i] for i in pos],
+    info = {"curvature_n": len(pos), "curvature_ids": [remaining.ids[i] for i in pos], "gradient": g,
             "gradient_norm": float(g.norm()), "step_norm": float(delta.norm()), "solver": slv.describe()}
     return space, delta, info
+
+
+def stationarity(model: nn.Module, task: Task, forgotten: Examples, remaining: Examples, space: ParamSpace,
+                 g_remaining: Tensor, weight_decay: float, batch_size: int) -> float:
+    """‖∇R(θ̂)‖ / ‖∇R_rem(θ̂)‖ on the whole training objective: ≈ 0 at the minimum the Newton step assumes.
+
+    R = (n_f·R_f + n_r·R_rem)/n shares the decay term, so only the removed class needs a new gradient pass.
+    """
+    with eval_mode(model):
+        fn = ModelFunction(model, task, space)
+        wd_theta = weight_decay * space.flatten(fn.params)
+        g_f = objective_gradient(fn, forgotten, 0.0, batch_size)
+    n_f, n_r = len(forgotten), len(remaining)
+    full = (n_f * g_f + n_r * (g_remaining - wd_theta)) / (n_f + n_r) + wd_theta
+    return float(full.norm() / g_remaining.norm().clamp_min(torch.finfo(full.dtype).tiny))
 
 
 def choose_scale(model: nn.Module, task: Task, space: ParamSpace, theta: Tensor, delta: Tensor,
@@ -236,7 +254,8 @@ def remove_class(model: nn.Module, task: Task, train: Any, test: Any, label: int
     from the remaining examples (None: all of them). With `validation`, the step scale is the one of
     `scales` (default DEFAULT_SCALES) with the best validation F1; without it the step is the pure
     Newton step. `retrain(remaining_data) -> model` trains from scratch without the class (timed too).
-    Test accuracy is measured on `test`.
+    Test accuracy is measured on `test`. Warns when the model is far from a minimum of its training
+    objective (details["stationarity"] = ‖∇R(θ̂)‖ / ‖∇R_rem(θ̂)‖ above STATIONARITY_WARN).
     """
     damping = weight_decay if damping is None else damping
     if validation is not None and scales is None:
@@ -245,7 +264,7 @@ def remove_class(model: nn.Module, task: Task, train: Any, test: Any, label: int
     if not isinstance(task, Task) or task.name != "classification":
         raise InputError("class removal needs task=Task.classification()")
     examples = _examples(model, train, "train")
-    _, rest = split_class(examples, label)
+    gone, rest = split_class(examples, label)
     remaining = examples.subset(rest)
     test_ex = _examples(model, test, "test")
     device = next(model.parameters()).device
@@ -259,6 +278,13 @@ def remove_class(model: nn.Module, task: Task, train: Any, test: Any, label: int
             scale, curve = choose_scale(model, task, space, theta, delta, validation, label, scales)
         new_model = with_weights(model, space, theta - scale * delta)
     a_f, a_r = removal_accuracy(new_model, task, test_ex, label)
+    info["stationarity"] = stationarity(model, task, examples.subset(gone), remaining, space, info.pop("gradient"),
+                                        weight_decay, batch_size)
+    if info["stationarity"] > STATIONARITY_WARN:
+        warnings.warn(f"the model is not at a minimum of its training objective: ‖∇R(θ̂)‖ is "
+                      f"{info['stationarity']:.2f} × the remaining-data gradient the Newton step removes; the step "
+                      f"assumes a minimum, so train longer (or check weight_decay={weight_decay}, which must be "
+                      "the one used in training) before trusting it", stacklevel=2)
     info.update(scale=scale, validation_f1=curve, n_remaining=len(remaining), damping=float(damping))
     newton = Outcome("newton", a_f, a_r, f1_score(a_f, a_r), cost["seconds"], cost["peak_mb"], info)
     result = ClassRemoval(label, newton, new_model, delta)
@@ -275,4 +301,4 @@ def remove_class(model: nn.Module, task: Task, train: Any, test: Any, label: int
 
 
 __all__ = ["ClassRemoval", "DEFAULT_SCALES", "Outcome", "f1_score", "measure", "newton_direction",
-           "objective_gradient", "remove_class", "removal_accuracy", "split_class", "with_weights"]
+           "objective_gradient", "remove_class", "removal_accuracy", "split_class", "stationarity", "with_weights"]
