@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, peak_rss_mb, rss_mb, run_isolated, spearman_rows, write  # noqa: E402
+from _common import RESULTS, machine, peak_rss_mb, rss_mb, run_isolated, spearman_rows, write  # noqa: E402
 
 DIGITS_CONFIGS = (
     [f"{c}:direct" for c in ("hessian", "ggn", "fisher", "empirical_fisher", "kfac", "ekfac")]
@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--one", nargs=4, metavar=("TASK", "CONFIG", "CACHE", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="only the headline configurations")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--solvers", default="", help="comma-separated solvers to re-measure; the other rows of "
+                    "solvers.json are kept (hessian:direct always reruns: it is the reference)")
     args = ap.parse_args()
     if args.one:
         task, config, cache, out = args.one
@@ -108,10 +110,17 @@ def main() -> None:
         return
     cache = Path(tempfile.mkdtemp(prefix="influent-bench-"))
     build("digits", cache), build("mlp1m", cache)  # train once, outside the timed runs
-    results: dict = {"machine": machine(), "digits": {}, "mlp1m": {}}
+    command = "python benchmarks/solvers.py " + " ".join(sys.argv[1:])
+    results: dict = {"machine": machine(), "digits": {}, "mlp1m": {}, "commands": [command]}
     digits = ["hessian:direct", "ekfac:direct", "hessian:lissa", "identity:identity"] if args.quick else DIGITS_CONFIGS
+    wanted = set(filter(None, args.solvers.split(",")))
+    if wanted:  # update the earlier results in place
+        earlier = json.loads((RESULTS / "solvers.json").read_text())
+        results = {**earlier, "commands": earlier.get("commands", ["python benchmarks/solvers.py"]) + [command]}
     for task, configs in (("digits", digits), ("mlp1m", MLP1M_CONFIGS)):
         for config in configs:
+            if wanted and config.split(":")[1] not in wanted and config != "hessian:direct":
+                continue
             out = cache / f"{task}-{config.replace(':', '-')}.npy"
             res = run_isolated(__file__, ["--one", task, config, str(cache), str(out)], args.timeout)
             if task == "digits" and "error" not in res:
@@ -123,11 +132,13 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    lines = ["## Solvers × curvatures (`python benchmarks/solvers.py`)", "",
+    commands = results.get("commands", ["python benchmarks/solvers.py"])
+    lines = ["## Solvers × curvatures (" + " then ".join(f"`{c}`" for c in commands) + ")", "",
              f"Machine: {results['machine']['cores']} cores, torch {results['machine']['torch']}, "
              f"{results['machine']['threads']} threads. Time = fit + full score matrix (after a warm-up call that "
              "pays one-time imports); memory = peak RSS of the run's process. CG runs at most 300 iterations and "
-             "LiSSA 1000 steps (scale chosen by power iteration) on the exact curvatures.", "",
+             "LiSSA 1000 steps (scale chosen by power iteration) on the exact curvatures; CG is block CG (all query "
+             "columns share one Krylov space) unless its info says otherwise.", "",
              "### (a) digits MLP 64→32→10 (2,410 params), float64, 1000 train × 100 queries", "",
              "| curvature | solver | seconds | peak RSS MB | Spearman vs exact (mean per query) | flattened | solver info |",
              "|---|---|---:|---:|---:|---:|---|"]
@@ -137,7 +148,7 @@ def table(results: dict) -> str:
             lines.append(f"| {c} | {s} | – | – | – | – | {r['error']} |")
             continue
         info = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["solver_info"].items()
-                         if k in ("iterations", "scale", "residual", "rank", "method", "converged"))
+                         if k in ("iterations", "matvecs", "scale", "residual", "rank", "method", "converged"))
         lines.append(f"| {c} | {s} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['spearman']:.3f} | "
                      f"{r['spearman_flat']:.3f} | {info} |")
     lines += ["", "### (b) MLP 64→1024→1024→10 (1,126,410 params), float32, 1000 train × 100 queries", "",
