@@ -203,7 +203,7 @@ def newton_direction(model: nn.Module, task: Task, remaining: Examples, *, weigh
     return space, delta, info
 
 
-def stationarity(model: nn.Module, task: Task, forgotten: Examples, remaining: Examples, space: ParamSpace,
+def stationarity(model: nn.Module, task: Task, forgotten: Examples, n_remaining: int, space: ParamSpace,
                  g_remaining: Tensor, weight_decay: float, batch_size: int) -> float:
     """‖∇R(θ̂)‖ / ‖∇R_rem(θ̂)‖ on the whole training objective: ≈ 0 at the minimum the Newton step assumes.
 
@@ -213,8 +213,8 @@ def stationarity(model: nn.Module, task: Task, forgotten: Examples, remaining: E
         fn = ModelFunction(model, task, space)
         wd_theta = weight_decay * space.flatten(fn.params)
         g_f = objective_gradient(fn, forgotten, 0.0, batch_size)
-    n_f, n_r = len(forgotten), len(remaining)
-    full = (n_f * g_f + n_r * (g_remaining - wd_theta)) / (n_f + n_r) + wd_theta
+    n_f = len(forgotten)
+    full = (n_f * g_f + n_remaining * (g_remaining - wd_theta)) / (n_f + n_remaining) + wd_theta
     return float(full.norm() / g_remaining.norm().clamp_min(torch.finfo(full.dtype).tiny))
 
 
@@ -278,7 +278,7 @@ def remove_class(model: nn.Module, task: Task, train: Any, test: Any, label: int
             scale, curve = choose_scale(model, task, space, theta, delta, validation, label, scales)
         new_model = with_weights(model, space, theta - scale * delta)
     a_f, a_r = removal_accuracy(new_model, task, test_ex, label)
-    info["stationarity"] = stationarity(model, task, examples.subset(gone), remaining, space, info.pop("gradient"),
+    info["stationarity"] = stationarity(model, task, examples.subset(gone), len(remaining), space, info.pop("gradient"),
                                         weight_decay, batch_size)
     if info["stationarity"] > STATIONARITY_WARN:
         warnings.warn(f"the model is not at a minimum of its training objective: ‖∇R(θ̂)‖ is "
