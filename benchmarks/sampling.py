@@ -229,6 +229,14 @@ def combine(blocks: list[dict], budgets: list[float]) -> list[dict]:
     return list(out.values())
 
 
+def merged_plan(plan: str) -> str:
+    """A run's plan with what varies between merged runs (classes, seeds, iterations) left to the blocks."""
+    plan = re.sub(r"MLP classes .*?; CNN classes .*? seeds\. ", "removed classes and seeds per block below. ", plan)
+    plan = plan.replace("(shared by all samplers). removed", "(shared by all samplers); removed")
+    return re.sub(r"L-BFGS \d+ iterations for training and retraining\.",
+                  "L-BFGS for training and retraining (iterations per block).", plan)
+
+
 def matching(cells: dict, budgets: list[float]) -> list[dict]:
     """For each random budget b_r: the smallest budget b_s < b_r where a smart sampler's mean pure F1 ≥ random's at b_r."""
     found = []
@@ -252,13 +260,23 @@ def fmt(s: dict, nd: int = 4) -> str:
     return f"{s['mean']:.{nd}f} ± {s['ci95']:.{nd}f}" if not math.isnan(s["ci95"]) else f"{s['mean']:.{nd}f}"
 
 
+def _originals(blk: dict) -> list[dict]:
+    return blk["original"] if isinstance(blk["original"], list) else [blk["original"]]
+
+
+def grad_norms(blk: dict) -> str:
+    """The original model's final ‖∇R‖ over the runs merged into a block (the same seeded training each time)."""
+    return ", ".join(sorted({f"{r['final_grad_norm']:.1e}" for r in _originals(blk)}))
+
+
 def original_line(blk: dict) -> str:
     """How well the original model was trained: the Newton step assumes it sits at a minimum."""
-    runs = blk["original"] if isinstance(blk["original"], list) else [blk["original"]]
-    gn = sorted({f"{r['final_grad_norm']:.1e}" for r in runs})
+    runs = _originals(blk)
     acc = sorted({f"{r['test_acc_5000']:.4f}" for r in runs})
-    return (f"Original model: ‖∇R‖ {', '.join(gn)} after training, test accuracy (first 5,000) {', '.join(acc)}"
-            + (f" ({len(runs)} runs of the same seeded training)" if len(runs) > 1 else "") + ".\n")
+    return (f"Original model: ‖∇R‖ {grad_norms(blk)} after training, test accuracy (first 5,000) {', '.join(acc)}"
+            + (f" ({len(runs)} runs of the same seeded training)" if len(runs) > 1 else "")
+            + (" — not a minimum, so the pure Newton step's premise fails here (remove_class warns)"
+               if max(r["final_grad_norm"] for r in runs) > 0.1 else "") + ".\n")
 
 
 def markdown(payload: dict) -> str:
@@ -304,7 +322,8 @@ def verdict(payload: dict) -> list[str]:
         g = S["gap_100"]["pure"]
         out.append(f"{tag}: at 100 % the pure Newton step's F1 is {S['cells']['all@100']['f1_pure']['mean']:.4f} vs "
                    f"retraining {S['retrain']['f1']['mean']:.4f} (gap {fmt(g)}; target ≤ 0.01: "
-                   f"{'met' if g['mean'] <= 0.01 else 'missed'}).")
+                   f"{'met' if g['mean'] <= 0.01 else 'missed'}; original model ‖∇R‖ {grad_norms(blk)} after "
+                   f"{blk.get('iters', 200)} L-BFGS iterations).")
         pure = {k: v for k, v in S["vs_random"].items() if k.endswith("/pure")}
         base = {k: S["cells"][f"random@{k.split('@')[1].split('/')[0]}"]["f1_pure"]["mean"] for k in pure}
         better = {k: 100 * v["f1_diff"]["mean"] / base[k] for k, v in pure.items()
@@ -440,9 +459,7 @@ def main() -> None:
         parts = [json.loads((RESULTS / f"{m}.json").read_text()) for m in args.merge.split(",")]
         payload = {**parts[0], "blocks": combine([b for p in parts for b in p["blocks"]], parts[0]["budgets"]),
                    "command": " ; ".join(p["command"] for p in parts),
-                   "plan": " ".join(dict.fromkeys(re.sub(r"MLP classes .*?; CNN classes .*? seeds\. ",
-                                                          "removed classes and seeds per block below. ", p["plan"])
-                                                   for p in parts)),
+                   "plan": " ".join(dict.fromkeys(merged_plan(p["plan"]) for p in parts)),
                    "data": {k: v for p in parts for k, v in p["data"].items()},
                    "total_seconds": sum(p["total_seconds"] for p in parts)}
         payload["verdict"] = verdict(payload)
