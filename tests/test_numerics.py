@@ -117,3 +117,22 @@ def test_indefinite_curvature_is_reported_with_the_damping_that_fixes_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert solvers.Direct().fit(H, fix).info_["method"] == "cholesky"
+
+
+@pytest.mark.parametrize("values,dtype,expected", [
+    ([1.0, -2.0, 3.5], torch.float32, True),
+    ([1.0, float("nan"), 3.0], torch.float32, False),
+    ([1.0, float("inf"), 3.0], torch.float64, False),
+    ([float("inf"), float("-inf")], torch.float32, False),          # the sum is NaN, not ±Inf
+    ([3e38, 3e38, 3e38], torch.float32, True),                       # finite values whose sum overflows
+    ([6e4, 6e4, 6e4], torch.float16, True),
+    ([1.0, float("nan")], torch.bfloat16, False),
+    ([], torch.float32, True),
+])
+def test_all_finite(values, dtype, expected):
+    from influent.finite import all_finite
+
+    t = torch.tensor(values, dtype=dtype)
+    assert all_finite(t) is expected
+    assert all_finite(t.reshape(-1, 1).expand(-1, 3)) is expected
+    assert all_finite(torch.arange(3)) is True

@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from .finite import all_finite
 from .grads import ModelFunction
 from .inputs import Examples
 from .params import ParamSpace
@@ -94,7 +95,7 @@ def factor_batch(fn: ModelFunction, layers: list[FactorLayer], batch, query: boo
     outs = [seen[l.name][0][1] for l in layers]
     # per-example losses depend only on their own example (eval mode), so ∂Σℓ/∂z_i = ∂ℓ_i/∂z_i
     grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True)
-    if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+    if not all(g is None or all_finite(g) for g in grads):
         from .errors import NumericalError
         raise NumericalError("a per-example gradient is NaN or Inf; check the inputs and the loss "
                              "(e.g. log of 0) and that the model is not diverged")

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from .errors import InputError, NumericalError
+from .finite import all_finite
 from .params import ParamSpace, param_tensors
 from .task import Batch, Task
 
@@ -69,7 +70,7 @@ class ModelFunction:
 
         g = vmap(grad(one), in_dims=(None, 0))(self.params, batch)
         flat = self.space.flatten(g, batch_dims=1)
-        if check and not torch.isfinite(flat).all():
+        if check and not all_finite(flat):
             raise NumericalError("a per-example gradient is NaN or Inf; check the inputs and the loss "
                                  "(e.g. log of 0) and that the model is not diverged")
         return flat

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import InputError
+from .finite import all_finite
 from .task import Batch, batch_size_of, index_batch
 
 
@@ -111,7 +112,7 @@ def as_examples(data: Any, ids: Sequence | None = None, name: str = "data") -> E
     if n == 0:
         raise InputError(f"{name} is empty; pass at least one example")
     for v in values:
-        if v.is_floating_point() and not torch.isfinite(v).all():
+        if not all_finite(v):
             raise InputError(f"{name} contains NaN or Inf values; clean or impute them first")
     if ids is None:
         ids = list(range(n))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
+from .finite import all_finite
 
 ParamSelection = Union[str, Sequence[str], nn.Module]
 
@@ -110,5 +111,5 @@ def param_tensors(model: nn.Module, space: ParamSpace) -> dict[str, Tensor]:
 def check_finite_params(model: nn.Module, space: ParamSpace) -> None:
     """Refuse NaN/Inf weights before any work starts."""
     for name, t in param_tensors(model, space).items():
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             raise InputError(f"parameter {name!r} contains NaN or Inf; retrain or reload the model before attributing")

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .errors import ConfigMismatchError, InfluentError, InputError
+from .finite import all_finite
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -115,7 +116,7 @@ class GradientStore:
         """Write one shard of rows [b, dim] with their ids (crash-safe, then recorded)."""
         if rows.dim() != 2 or rows.shape[1] != self.manifest["dim"] or rows.shape[0] != len(ids):
             raise InputError(f"rows must be [{len(ids)}, {self.manifest['dim']}], got {tuple(rows.shape)}")
-        if not torch.isfinite(rows).all():
+        if not all_finite(rows):
             raise InputError("refusing to store NaN/Inf gradient rows; check the model and the data")
         index = len(self.manifest["shards"])
         name = f"shard-{index:05d}.safetensors"

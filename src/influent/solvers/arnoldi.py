@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..curvature.operator import LinearOperator, split_damping
+from ..finite import all_finite
 from ..progress import track
 from ..errors import InputError, NumericalError
 from .base import Solver
@@ -91,7 +92,7 @@ class Arnoldi(Solver):
         k = n
         for i in track(range(n), n, "Arnoldi iterations", self.progress):
             w = op.matmat(Q[i][:, None]).reshape(-1)
-            if not bool(torch.isfinite(w).all()):
+            if not all_finite(w):
                 raise NumericalError(f"Arnoldi: the curvature product at iteration {i} has NaN/Inf; check the "
                                      "model weights and the curvature data")
             basis = Q[: i + 1]

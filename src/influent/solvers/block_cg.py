@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NumericalError
+from ..finite import all_finite
 from ..progress import Bar
 
 
@@ -52,7 +53,7 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
             widest = max(widest, D.shape[1])
             DtQ = (D.T @ Q + Q.T @ D) / 2
             L, info = torch.linalg.cholesky_ex(DtQ)
-            if not bool(torch.isfinite(DtQ).all()):
+            if not all_finite(DtQ):
                 raise NumericalError("block CG: the curvature product returned NaN/Inf; check the model weights "
                                      "and the curvature data")
             if int(info) != 0:  # D is orthonormal: the smallest eigenvalue of DᵀAD is a Rayleigh quotient of A
@@ -61,7 +62,7 @@ def block_cg(apply: Callable[[Tensor], Tensor], precondition: Callable[[Tensor],
             X[:, active] += D @ alpha
             R -= Q @ alpha
             rnorm = R.norm(dim=0)
-            if not bool(torch.isfinite(rnorm).all()):
+            if not all_finite(rnorm):
                 raise NumericalError("block CG produced NaN/Inf residuals; raise the damping or check the model")
             rel[active] = rnorm / bnorm[active]
             still = rnorm > target[active]

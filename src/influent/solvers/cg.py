@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..curvature.operator import LinearOperator, split_damping
+from ..finite import all_finite
 from ..progress import Bar
 from ..errors import InputError, NumericalError
 from .base import Solver
@@ -22,7 +23,7 @@ from .block_cg import block_cg
 
 def check_rhs(B: Tensor, solver: str) -> None:
     """Refuse NaN/Inf right-hand sides before iterating (they would surface as a confusing divergence)."""
-    if not bool(torch.isfinite(B).all()):
+    if not all_finite(B):
         raise InputError(f"{solver}: the right-hand sides contain NaN or Inf; check the gradients "
                          "(a diverged model, or a loss that overflowed)")
 
@@ -120,7 +121,7 @@ class CG(Solver):
             AD = self._apply(Dk)
             matvecs += idx.numel()
             pAp = (Dk * AD).sum(0)
-            if not bool(torch.isfinite(pAp).all()):
+            if not all_finite(pAp):
                 raise NumericalError("CG: the curvature product returned NaN/Inf; check the model weights and "
                                      "the curvature data")
             if bool((pAp <= 0).any()):
@@ -131,7 +132,7 @@ class CG(Solver):
             Rk = R[:, idx] - alpha * AD
             R[:, idx] = Rk
             rs_new = (Rk * Rk).sum(0)
-            if not bool(torch.isfinite(rs_new).all()):
+            if not all_finite(rs_new):
                 raise NumericalError("CG produced NaN/Inf residuals; the operator returned non-finite values. "
                                      "Check the model weights and the curvature data, or raise the damping")
             Zk = self._precondition(Rk)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NumericalError
+from ..finite import all_finite
 from .base import Solver
 
 
@@ -24,7 +25,7 @@ class Direct(Solver):
             self._residual(lambda X: curvature.matmat(X).double() + damping * X.double(), curvature.dtype)
             return
         H = curvature.dense(dtype=torch.float64).detach()  # a graph through the model weights is never needed here
-        if not bool(torch.isfinite(H).all()):
+        if not all_finite(H):
             raise NumericalError("the curvature has NaN/Inf entries, so H + λI cannot be factored; a per-example "
                                  "gradient or curvature product overflowed: check the inputs, the loss (e.g. log 0 "
                                  "or sqrt at 0) and the model weights")

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..curvature.operator import LinearOperator, power_iteration, split_damping
+from ..finite import all_finite
 from ..progress import Bar
 from ..errors import InputError, NumericalError
 from .base import Solver
@@ -101,7 +102,7 @@ class LiSSA(Solver):
             if step % CHECK_EVERY == 0 or step == self.depth_:
                 r = R.norm(dim=0) / nk
                 rel[idx] = r
-                if not bool(torch.isfinite(r).all()) or bool((r > DIVERGENCE * best).any()):
+                if not all_finite(r) or bool((r > DIVERGENCE * best).any()):
                     self._diverged(step, float(r.max()))
                 best = torch.minimum(best, r)
                 done = r <= self.rtol
