@@ -281,8 +281,10 @@ def main() -> None:
     name = "vs_libraries" + ("_quick" if args.quick else "")
     path = Path(__file__).resolve().parent / "results" / f"{name}.json"
     payload = json.loads(path.read_text()) if path.exists() else {}
+    found = versions()  # a --merge run from influent's own venv sees no other library: keep the saved versions
+    kept = {**found, **payload.get("versions", {}), "influent": found.get("influent")} if args.merge else found
     payload.update({"machine": machine(), "in_process": args.in_process, "command": " ".join(["python benchmarks/vs_libraries.py", *sys.argv[1:]]),
-                    "versions": versions()})
+                    "versions": kept})
     for task in tasks:
         load = os.getloadavg()[0]
         result = run_task(task, args)
@@ -295,6 +297,8 @@ def main() -> None:
             order = sorted(rows, key=lambda k: LIBRARIES.index(k.split(": ")[0]))
             result["rows"] = {k: rows[k] for k in order}
             result["command"] += " (the other rows: see each row's run below)"
+            if saved.get("note"):  # a hand-written note on the kept rows (e.g. paired differences) stays
+                result["note"] = saved["note"]
         from libs.report import table
         payload = {**(json.loads(path.read_text()) if path.exists() else {}), **payload, task: result}
         write(name, payload, table(payload))  # re-read first: runs of other tasks may have written meanwhile
