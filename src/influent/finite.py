@@ -14,5 +14,6 @@ def all_finite(t: Tensor) -> bool:
     """
     if not t.is_floating_point() and not t.is_complex():
         return True
+    t = t.detach()  # a check, not part of any graph
     acc = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
     return bool(torch.isfinite(t.sum(dtype=acc))) or bool(torch.isfinite(t).all())
