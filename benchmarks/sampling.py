@@ -214,6 +214,10 @@ def combine(blocks: list[dict], budgets: list[float]) -> list[dict]:
     out: dict = {}
     for b in blocks:
         key = (b["dataset"], b["model"])
+        b = {**b, "iters": b.get("iters", 200)}  # runs saved before iterations were recorded used 200
+        if key in out and out[key]["iters"] != b["iters"]:
+            raise SystemExit(f"{key}: cannot merge runs of differently trained models "
+                             f"({out[key]['iters']} and {b['iters']} L-BFGS iterations)")
         if key not in out:
             out[key] = {**b, "classes": list(b["classes"]), "full": list(b["full"]), "cells": list(b["cells"]),
                         "original": [b["original"]]}
@@ -291,7 +295,7 @@ def markdown(payload: dict) -> str:
         S = blk["summary"]
         rt = S["retrain"]
         lines += [f"## {blk['dataset']} / {blk['model']} ({blk['n_params']:,} parameters; classes {blk['classes']}, "
-                  f"{blk['seeds']} seeds; L-BFGS {blk.get('iters', 200)} iterations)", "",
+                  f"{blk['seeds']} seeds; L-BFGS {blk['iters']} iterations)", "",
                   original_line(blk),
                   f"Retraining from scratch: F1 {fmt(rt['f1'])}, a_f {fmt(rt['a_f'])}, {fmt(rt['seconds'], 1)} s, "
                   f"{fmt(rt['peak_mb'], 1)} MB. Gap retrain − Newton at 100 %: pure {fmt(S['gap_100']['pure'])}, "
@@ -324,7 +328,7 @@ def verdict(payload: dict) -> list[str]:
         out.append(f"{tag}: at 100 % the pure Newton step's F1 is {S['cells']['all@100']['f1_pure']['mean']:.4f} vs "
                    f"retraining {S['retrain']['f1']['mean']:.4f} (gap {fmt(g)}; target ≤ 0.01: "
                    f"{'met' if g['mean'] <= 0.01 else 'missed'}; original model ‖∇R‖ {grad_norms(blk)} after "
-                   f"{blk.get('iters', 200)} L-BFGS iterations).")
+                   f"{blk['iters']} L-BFGS iterations).")
         pure = {k: v for k, v in S["vs_random"].items() if k.endswith("/pure")}
         base = {k: S["cells"][f"random@{k.split('@')[1].split('/')[0]}"]["f1_pure"]["mean"] for k in pure}
         better = {k: 100 * v["f1_diff"]["mean"] / base[k] for k, v in pure.items()
